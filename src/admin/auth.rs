@@ -1,0 +1,44 @@
+//! Bearer-token authentication and tenant scoping.
+//!
+//! The presented token is hashed and looked up by hash; the token itself is
+//! never stored or logged.
+
+use http::HeaderMap;
+
+use super::error::ApiError;
+use crate::store::Store;
+use crate::tokens::hash_token;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `None` for an admin token (`*`): every tenant is visible.
+    pub tenant: Option<String>,
+}
+
+impl Principal {
+    pub fn can_see(&self, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+}
+
+/// Tokens longer than this are refused without hashing.
+const MAX_TOKEN_LEN: usize = 256;
+
+pub fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(ApiError::unauthorized)?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::unauthorized)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(ApiError::unauthorized());
+    }
+    let record = store
+        .token_by_hash(&hash_token(token))
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Principal {
+        tenant: (!record.is_admin()).then_some(record.tenant),
+    })
+}

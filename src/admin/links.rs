@@ -1,0 +1,420 @@
+//! `/v1/links`: create, read, update, delete, list, batch, and stats.
+
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::auth::Principal;
+use super::error::ApiError;
+use super::Admin;
+use crate::links::validate::{is_valid_code, normalize_destination};
+use crate::links::LinkRecord;
+use crate::stats::{Counts, Interval, SeriesPoint, MAX_SERIES_POINTS};
+use crate::store::{NewLink, StoreError};
+use crate::time::{parse_range_bound, RangeEnd};
+use crate::tokens::is_valid_tenant;
+
+/// Most links in one batch call.
+pub const MAX_BATCH: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const MAX_TAGS: usize = 32;
+const MAX_TAG_BYTES: usize = 64;
+/// Tenant that admin-created links get when the body names none.
+const DEFAULT_TENANT: &str = "default";
+const DEFAULT_STATS_DAYS: i64 = 30;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    destination: String,
+    code: Option<String>,
+    redirect: Option<u16>,
+    expires_at: Option<String>,
+    tags: Option<Vec<String>>,
+    passthrough: Option<bool>,
+    /// Only admin tokens may create links for another tenant.
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    destination: Option<String>,
+    disabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    redirect: Option<u16>,
+    tags: Option<Vec<String>>,
+    passthrough: Option<bool>,
+}
+
+/// Distinguishes `"k": null` (Some(None)) from an absent key (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    code: String,
+    short_url: String,
+    destination: String,
+    tenant: String,
+    redirect: u16,
+    created_at: String,
+    updated_at: String,
+    expires_at: Option<String>,
+    disabled: bool,
+    tags: Vec<String>,
+    passthrough: bool,
+}
+
+impl Admin {
+    pub(super) fn view(&self, l: LinkRecord) -> LinkView {
+        LinkView {
+            short_url: format!("{}/{}", self.public_url, l.code),
+            created_at: crate::time::rfc3339(l.created_at.timestamp_millis()),
+            updated_at: crate::time::rfc3339(l.updated_at.timestamp_millis()),
+            expires_at: l
+                .expires_at
+                .map(|t| crate::time::rfc3339(t.timestamp_millis())),
+            code: l.code,
+            destination: l.destination,
+            tenant: l.tenant,
+            redirect: l.redirect,
+            disabled: l.disabled,
+            tags: l.tags,
+            passthrough: l.passthrough,
+        }
+    }
+
+    /// Validates a create body into a link to store.
+    pub(super) fn new_link(&self, who: &Principal, body: CreateBody) -> Result<NewLink, ApiError> {
+        let tenant = match (&who.tenant, body.tenant) {
+            (Some(own), None) => own.clone(),
+            (Some(own), Some(t)) if *own == t => t,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_tenant",
+                    "a tenant token can only create links for its own tenant",
+                ))
+            }
+            (None, t) => t.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+        };
+        if tenant == crate::tokens::ADMIN_TENANT || !is_valid_tenant(&tenant) {
+            return Err(ApiError::invalid(
+                "invalid_tenant",
+                "tenant must be 1-64 chars of [A-Za-z0-9._-]",
+            ));
+        }
+        if let Some(code) = &body.code {
+            if !is_valid_code(code) {
+                return Err(ApiError::invalid(
+                    "invalid_code",
+                    "code must be 1-64 characters of [A-Za-z0-9-]",
+                ));
+            }
+        }
+        let now = Utc::now();
+        let record = LinkRecord {
+            code: String::new(),
+            tenant,
+            destination: destination(&body.destination)?,
+            redirect: redirect(body.redirect.unwrap_or(self.default_redirect))?,
+            created_at: now,
+            updated_at: now,
+            expires_at: body.expires_at.as_deref().map(expires_at).transpose()?,
+            disabled: false,
+            deleted: false,
+            tags: tags(body.tags.unwrap_or_default())?,
+            passthrough: body.passthrough.unwrap_or(true),
+        };
+        Ok(NewLink {
+            code: body.code,
+            record,
+        })
+    }
+
+    pub(super) fn create(&self, who: &Principal, body: &[u8]) -> Result<LinkView, ApiError> {
+        let body: CreateBody = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        let new = self.new_link(who, body)?;
+        let rec = self
+            .store
+            .create_links(vec![new])
+            .pop()
+            .expect("one result per link")
+            .map_err(store_error)?;
+        Ok(self.view(rec))
+    }
+
+    pub(super) fn batch(&self, who: &Principal, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Batch {
+            links: Vec<serde_json::Value>,
+        }
+        let batch: Batch = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        if batch.links.len() > MAX_BATCH {
+            return Err(ApiError::invalid(
+                "batch_too_large",
+                format!("at most {MAX_BATCH} links per batch"),
+            ));
+        }
+        // Validate each item alone; store the valid ones in one write.
+        let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(batch.links.len());
+        let mut valid = Vec::new();
+        for item in batch.links {
+            let parsed = serde_json::from_value::<CreateBody>(item)
+                .map_err(|e| ApiError::invalid("invalid_link", e.to_string()))
+                .and_then(|b| self.new_link(who, b));
+            slots.push(parsed.map(|new| {
+                valid.push(new);
+                valid.len() - 1
+            }));
+        }
+        let stored = self.store.create_links(valid);
+        let mut stored: Vec<Option<Result<LinkRecord, StoreError>>> =
+            stored.into_iter().map(Some).collect();
+        let results: Vec<serde_json::Value> = slots
+            .into_iter()
+            .map(|slot| {
+                let outcome = slot.and_then(|i| {
+                    stored[i]
+                        .take()
+                        .expect("each stored result is used once")
+                        .map_err(store_error)
+                });
+                match outcome {
+                    Ok(rec) => serde_json::json!({"status": 201, "link": self.view(rec)}),
+                    Err(e) => {
+                        serde_json::json!({"status": e.status.as_u16(), "error": e.to_json()["error"]})
+                    }
+                }
+            })
+            .collect();
+        Ok(serde_json::json!({ "results": results }))
+    }
+
+    /// The live link `code` if `who` may see it; 404 otherwise.
+    pub(super) fn visible(&self, who: &Principal, code: &str) -> Result<LinkRecord, ApiError> {
+        self.store
+            .get_link(code)
+            .filter(|l| who.can_see(&l.tenant))
+            .ok_or_else(|| ApiError::not_found("link"))
+    }
+
+    pub(super) fn patch(
+        &self,
+        who: &Principal,
+        code: &str,
+        body: &[u8],
+    ) -> Result<LinkView, ApiError> {
+        let body: PatchBody = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        self.visible(who, code)?;
+        let destination = body.destination.as_deref().map(destination).transpose()?;
+        let redirect = body.redirect.map(redirect).transpose()?;
+        let expires = match body.expires_at {
+            Some(Some(s)) => Some(Some(expires_at(&s)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let tags = body.tags.map(tags).transpose()?;
+        let rec = self
+            .store
+            .update_link::<ApiError>(code, |l| {
+                if !who.can_see(&l.tenant) {
+                    return Err(ApiError::not_found("link"));
+                }
+                if let Some(d) = destination {
+                    l.destination = d;
+                }
+                if let Some(r) = redirect {
+                    l.redirect = r;
+                }
+                if let Some(e) = expires {
+                    l.expires_at = e;
+                }
+                if let Some(t) = tags {
+                    l.tags = t;
+                }
+                if let Some(d) = body.disabled {
+                    l.disabled = d;
+                }
+                if let Some(p) = body.passthrough {
+                    l.passthrough = p;
+                }
+                l.updated_at = Utc::now();
+                Ok(())
+            })?;
+        Ok(self.view(rec))
+    }
+
+    pub(super) fn delete(&self, who: &Principal, code: &str) -> Result<(), ApiError> {
+        self.store.update_link::<ApiError>(code, |l| {
+            if !who.can_see(&l.tenant) {
+                return Err(ApiError::not_found("link"));
+            }
+            l.deleted = true;
+            l.updated_at = Utc::now();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn list(
+        &self,
+        who: &Principal,
+        query: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut limit = DEFAULT_PAGE;
+        let mut cursor = None;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "limit" => {
+                    limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_query(format!("limit must be 1-{MAX_PAGE}"))
+                        })?
+                }
+                "cursor" => {
+                    let code = data_encoding::BASE64URL_NOPAD
+                        .decode(v.as_bytes())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .filter(|c| is_valid_code(c))
+                        .ok_or_else(|| ApiError::bad_query("cursor is not one this API gave"))?;
+                    cursor = Some(code);
+                }
+                _ => {}
+            }
+        }
+        let links = self
+            .store
+            .list_links(who.tenant.as_deref(), cursor.as_deref(), limit);
+        let next = (links.len() == limit)
+            .then(|| links.last())
+            .flatten()
+            .map(|l| data_encoding::BASE64URL_NOPAD.encode(l.code.as_bytes()));
+        let links: Vec<LinkView> = links.into_iter().map(|l| self.view(l)).collect();
+        Ok(serde_json::json!({"links": links, "next_cursor": next}))
+    }
+
+    pub(super) fn stats(
+        &self,
+        who: &Principal,
+        code: &str,
+        query: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let link = self.visible(who, code)?;
+        let mut from = None;
+        let mut to = None;
+        let mut interval = Interval::Day;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "from" => from = Some(bound(&v, RangeEnd::From, "from")?),
+                "to" => to = Some(bound(&v, RangeEnd::To, "to")?),
+                "interval" => {
+                    interval = match &*v {
+                        "hour" => Interval::Hour,
+                        "day" => Interval::Day,
+                        _ => return Err(ApiError::bad_query("interval must be hour or day")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let to = to.unwrap_or_else(crate::time::now_ms);
+        let from = from.unwrap_or(to - DEFAULT_STATS_DAYS * 86_400_000);
+        if from >= to {
+            return Err(ApiError::bad_query("from must be before to"));
+        }
+        if (to - from) / interval.millis() > MAX_SERIES_POINTS {
+            return Err(ApiError::bad_query(format!(
+                "range too large: at most {MAX_SERIES_POINTS} buckets"
+            )));
+        }
+        let (totals, series): (Counts, Vec<SeriesPoint>) =
+            self.stats.query(&link.code, from, to, interval);
+        Ok(serde_json::json!({
+            "code": link.code,
+            "from": crate::time::rfc3339(from),
+            "to": crate::time::rfc3339(to),
+            "interval": match interval { Interval::Hour => "hour", Interval::Day => "day" },
+            "clicks": totals.clicks,
+            "human_clicks": totals.human_clicks,
+            "bot_clicks": totals.bot_clicks,
+            "unique_visitors": totals.unique_visitors,
+            // Conversions arrive with postbacks; none are recorded yet.
+            "conversions": 0,
+            "revenue": {},
+            "series": series,
+        }))
+    }
+}
+
+fn bound(v: &str, end: RangeEnd, name: &str) -> Result<i64, ApiError> {
+    parse_range_bound(v, end).ok_or_else(|| {
+        ApiError::bad_query(format!(
+            "{name} must be an RFC 3339 timestamp or a YYYY-MM-DD date"
+        ))
+    })
+}
+
+fn destination(input: &str) -> Result<String, ApiError> {
+    normalize_destination(input).map_err(|e| ApiError::invalid("invalid_destination", e.to_string()))
+}
+
+fn redirect(status: u16) -> Result<u16, ApiError> {
+    if matches!(status, 301 | 302 | 307 | 308) {
+        Ok(status)
+    } else {
+        Err(ApiError::invalid(
+            "invalid_redirect",
+            "redirect must be 301, 302, 307 or 308",
+        ))
+    }
+}
+
+fn expires_at(s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::invalid("invalid_expires_at", "expires_at must be RFC 3339"))
+}
+
+fn tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if tags.len() > MAX_TAGS
+        || tags
+            .iter()
+            .any(|t| t.is_empty() || t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "invalid_tags",
+            format!("at most {MAX_TAGS} tags of 1-{MAX_TAG_BYTES} printable bytes"),
+        ));
+    }
+    Ok(tags)
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::CodeTaken(code) => ApiError::new(
+            StatusCode::CONFLICT,
+            "code_taken",
+            format!("code `{code}` is already taken"),
+        ),
+        StoreError::NotFound => ApiError::not_found("link"),
+        other => ApiError::internal(other),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        store_error(e)
+    }
+}

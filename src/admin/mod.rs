@@ -1,0 +1,172 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the JSON API
+//! under `/v1`, authenticated by bearer tokens and scoped to tenants.
+//!
+//! Kept apart from the edge: its own listener, its own limits (body size,
+//! request deadline), and errors in one JSON shape (`error.rs`).
+
+pub mod auth;
+pub mod error;
+pub mod links;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clicklog::ClickLog;
+use crate::server::Body;
+use crate::stats::StatsIndex;
+use crate::store::Store;
+use crate::telemetry;
+use error::{json_response, ApiError};
+
+pub struct Admin {
+    pub store: Arc<Store>,
+    pub stats: Arc<StatsIndex>,
+    pub clicklog: ClickLog,
+    pub metrics: Option<PrometheusHandle>,
+    pub public_url: String,
+    pub default_redirect: u16,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+type Routed = (&'static str, Result<Response<Body>, ApiError>);
+
+/// Serves one admin request within the request deadline.
+pub async fn handle<B>(admin: Arc<Admin>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (route, result) = match tokio::time::timeout(admin.request_timeout, route(&admin, req)).await {
+        Ok(routed) => routed,
+        Err(_) => (
+            "timeout",
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long",
+            )),
+        ),
+    };
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    telemetry::admin_request(route, resp.status().as_u16());
+    resp
+}
+
+async fn route<B>(admin: &Admin, req: Request<B>) -> Routed
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => ("healthz", only_get(&method).map(|()| ok_json(serde_json::json!({"status": "ok"})))),
+        ["readyz"] => ("readyz", only_get(&method).map(|()| admin.readiness())),
+        ["metrics"] => ("metrics", only_get(&method).map(|()| admin.render_metrics())),
+        ["v1", rest @ ..] => {
+            let who = match auth::authenticate(&admin.store, req.headers()) {
+                Ok(who) => who,
+                Err(e) => return ("auth", Err(e)),
+            };
+            let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
+                match read_body(req.into_body(), admin.max_body_bytes).await {
+                    Ok(b) => b,
+                    Err(e) => return ("body", Err(e)),
+                }
+            } else {
+                Bytes::new()
+            };
+            let q = query.as_deref();
+            match (rest, &method) {
+                (["links"], &Method::POST) => ("links_create", admin.create(&who, &body).map(created)),
+                (["links"], &Method::GET) => ("links_list", admin.list(&who, q).map(ok_json)),
+                (["links", "batch"], &Method::POST) => ("links_batch", admin.batch(&who, &body).map(ok_json)),
+                (["links", code], &Method::GET) => ("links_get", admin.visible(&who, code).map(|l| ok_json(admin.view(l)))),
+                (["links", code], &Method::PATCH) => ("links_patch", admin.patch(&who, code, &body).map(ok_json)),
+                (["links", code], &Method::DELETE) => ("links_delete", admin.delete(&who, code).map(|()| no_content())),
+                (["links", code, "stats"], &Method::GET) => ("links_stats", admin.stats(&who, code, q).map(ok_json)),
+                (["links"] | ["links", _] | ["links", _, "stats"], _) => ("v1", Err(ApiError::method_not_allowed())),
+                _ => ("v1", Err(ApiError::not_found("route"))),
+            }
+        }
+        _ => ("unknown", Err(ApiError::not_found("route"))),
+    }
+}
+
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {max} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn only_get(method: &Method) -> Result<(), ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed())
+    }
+}
+
+fn ok_json(v: impl serde::Serialize) -> Response<Body> {
+    json_response(StatusCode::OK, &v)
+}
+
+fn created(v: impl serde::Serialize) -> Response<Body> {
+    json_response(StatusCode::CREATED, &v)
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+impl Admin {
+    /// Ready when the link table is loaded (it is before the listener
+    /// binds) and the click-log writer is running.
+    fn readiness(&self) -> Response<Body> {
+        if self.clicklog.is_alive() {
+            ok_json(serde_json::json!({
+                "status": "ready",
+                "links": self.store.table().load().len(),
+            }))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reason": "click-log writer stopped"}),
+            )
+        }
+    }
+
+    fn render_metrics(&self) -> Response<Body> {
+        let text = self.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    }
+}

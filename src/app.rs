@@ -1,0 +1,230 @@
+//! `clickedge serve`: assembles the store, the click log, the edge and the
+//! admin listener, runs them until shutdown, then stops them in order.
+//!
+//! Start-up: lock the data dir → master key → store (publishes the link
+//! table) → salt ratchet → stats + click-log writer → bind → serve.
+//! Shutdown: stop accepting → drain connections (grace period) → stop
+//! background tasks → flush, fsync and checkpoint the click log.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::clicklog::{spawn_writer, WriterConfig};
+use crate::clicks::{ClickIds, SaltRatchet};
+use crate::config::Config;
+use crate::edge::{CookieTemplate, Edge};
+use crate::keys::{KeyError, MasterKey, MASTER_KEY_ENV};
+use crate::links::SharedLinkTable;
+use crate::server::{self, HttpLimits};
+use crate::stats::StatsIndex;
+use crate::store::{Store, StoreError};
+use crate::telemetry::EdgeMetrics;
+
+const LOCK_FILE: &str = "serve.lock";
+const SALT_TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("full mode ([kafka]) is not available in this build yet; remove [kafka] to run embedded")]
+    FullModeUnavailable,
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another `clickedge serve` is using data_dir {0}")]
+    DataDirBusy(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Salt(#[from] crate::clicks::iphash::SaltError),
+    #[error("click log: {0}")]
+    ClickLog(std::io::Error),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs `serve` until `shutdown` is cancelled.
+pub async fn serve(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    if config.kafka.is_some() {
+        return Err(ServeError::FullModeUnavailable);
+    }
+    let data_dir = config.data_dir.clone();
+    let dir_err = |source| ServeError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
+    let lock = File::create(data_dir.join(LOCK_FILE)).map_err(dir_err)?;
+    if lock.try_lock().is_err() {
+        return Err(ServeError::DataDirBusy(data_dir.display().to_string()));
+    }
+
+    let env_key = std::env::var(MASTER_KEY_ENV).ok();
+    let (master, key_source) = MasterKey::load(
+        env_key.as_deref(),
+        config.master_key_file.as_deref(),
+        &data_dir,
+        true,
+    )?;
+    tracing::info!(source = ?key_source, "master key loaded");
+
+    let table = Arc::new(SharedLinkTable::default());
+    let store = Arc::new(Store::open(
+        &data_dir,
+        config.links.random_code_len,
+        table.clone(),
+        true,
+    )?);
+    tracing::info!(links = table.load().len(), "link table loaded");
+
+    let now_ms = crate::time::now_ms() as u64;
+    let salts = Arc::new(SaltRatchet::open(
+        &data_dir,
+        config.privacy.salt_rotation,
+        config.privacy.salt_grace,
+        now_ms,
+    )?);
+
+    let stats = Arc::new(StatsIndex::default());
+    let (clicklog, writer) = spawn_writer(
+        WriterConfig {
+            data_dir: data_dir.clone(),
+            queue_capacity: config.clicklog.queue_capacity.get(),
+            overflow: config.clicklog.overflow,
+            overflow_wait: config.clicklog.overflow_wait,
+            fsync_interval: config.clicklog.fsync_interval,
+            segment_bytes: config.clicklog.segment_bytes,
+            snapshot_interval: config.stats.snapshot_interval,
+            retention: config.retention.as_duration(),
+            edge_node: config.edge.node_id.clone(),
+        },
+        stats.clone(),
+    )
+    .map_err(ServeError::ClickLog)?;
+
+    let edge = Arc::new(Edge {
+        links: table.clone(),
+        ids: ClickIds::new(&master),
+        salts: salts.clone(),
+        clicklog: clicklog.clone(),
+        trusted_proxies: config.edge.trusted_proxies.clone(),
+        cookie: CookieTemplate::new(&config.cookie, false),
+        metrics: EdgeMetrics::register(),
+    });
+    let admin = Arc::new(Admin {
+        store: store.clone(),
+        stats,
+        clicklog,
+        metrics,
+        public_url: config.edge.public_url.clone(),
+        default_redirect: config.links.default_redirect,
+        max_body_bytes: config.admin.max_body_bytes,
+        request_timeout: config.admin.request_timeout,
+    });
+
+    let edge_listener = bind("edge.listen", config.edge.listen)?;
+    let admin_listener = bind("admin.listen", config.admin.listen)?;
+    let edge_limits = HttpLimits {
+        header_read_timeout: config.edge.header_read_timeout,
+        max_header_bytes: config.edge.max_header_bytes,
+        max_headers: config.edge.max_headers,
+        max_connections: config.edge.max_connections.get(),
+        shutdown_grace: config.edge.shutdown_grace,
+    };
+    let admin_limits = HttpLimits {
+        max_connections: 1024,
+        ..edge_limits.clone()
+    };
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(server::serve(
+        "edge",
+        edge_listener,
+        edge_limits,
+        shutdown.clone(),
+        move |req, peer| crate::edge::redirect::handle(edge.clone(), req, peer),
+    ));
+    tasks.spawn(server::serve(
+        "admin",
+        admin_listener,
+        admin_limits,
+        shutdown.clone(),
+        move |req, _peer| crate::admin::handle(admin.clone(), req),
+    ));
+    tasks.spawn(poll_store(store, config.links.reload_interval, shutdown.clone()));
+    tasks.spawn(tick_salts(salts, shutdown.clone()));
+    tasks.close();
+    tracing::info!(node = %config.edge.node_id, "clickedge serving (embedded mode)");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    tasks.wait().await;
+    let flushed = tokio::task::spawn_blocking(move || writer.shutdown())
+        .await
+        .map_err(|e| ServeError::ClickLog(std::io::Error::other(e)))?;
+    flushed.map_err(ServeError::ClickLog)?;
+    drop(lock);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let listener = server::bind(addr).map_err(|source| ServeError::Bind { key, addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { key, addr, source })?;
+    // Tests and scripts read this line to learn ephemeral ports.
+    tracing::info!(listener = key, addr = %local, "listening");
+    Ok(listener)
+}
+
+/// Picks up tokens and links written by other processes (the CLI).
+async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.poll()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "store: reload failed"),
+            Err(e) => tracing::error!(error = %e, "store: reload task failed"),
+        }
+    }
+}
+
+/// Steps the IP-hash salt at epoch boundaries and forgets old salts.
+async fn tick_salts(salts: Arc<SaltRatchet>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SALT_TICK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let salts = salts.clone();
+        let now = crate::time::now_ms() as u64;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || salts.tick(now)).await {
+            tracing::error!(error = %e, "privacy: cannot persist the salt step");
+        }
+    }
+}

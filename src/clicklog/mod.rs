@@ -1,0 +1,108 @@
+//! The durable local click log: the first hop of every click.
+//!
+//! The edge hands each event to [`ClickLog::record`], which never does I/O:
+//! it pushes onto a bounded queue drained by one writer thread. The writer
+//! encodes events as JSON lines, writes each batch as it comes (group
+//! commit), fsyncs at `fsync_interval`, rotates segments by size, feeds the
+//! embedded stats, and deletes segments past retention.
+//!
+//! When the queue is full the configured [`OverflowPolicy`] decides, and
+//! every outcome is counted: by default the redirect waits briefly and then
+//! answers 503, so no redirect is ever answered without its click recorded.
+
+pub mod segments;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::clicks::ClickEvent;
+use crate::config::OverflowPolicy;
+use crate::telemetry;
+pub use segments::Position;
+pub use writer::{spawn_writer, WriterConfig, WriterHandle};
+
+/// Granularity of the bounded wait under the backpressure policy.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(1);
+
+pub(crate) enum Msg {
+    Click(ClickEvent),
+    Shutdown,
+}
+
+/// What happened to a click handed to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Queued for the writer: redirect.
+    Queued,
+    /// Lost under the `drop` policy (counted): redirect anyway.
+    Dropped,
+    /// Not recorded (full or closed): answer 503, do not redirect.
+    Refused,
+}
+
+/// The edge's handle on the click log.
+#[derive(Clone)]
+pub struct ClickLog {
+    tx: Sender<Msg>,
+    policy: OverflowPolicy,
+    wait: Duration,
+    alive: Arc<AtomicBool>,
+}
+
+impl ClickLog {
+    pub(crate) fn new(
+        tx: Sender<Msg>,
+        policy: OverflowPolicy,
+        wait: Duration,
+        alive: Arc<AtomicBool>,
+    ) -> ClickLog {
+        ClickLog {
+            tx,
+            policy,
+            wait,
+            alive,
+        }
+    }
+
+    /// Hands one click to the writer, applying the overflow policy.
+    pub async fn record(&self, event: ClickEvent) -> Recorded {
+        let event = match self.tx.try_send(Msg::Click(event)) {
+            Ok(()) => return Recorded::Queued,
+            Err(TrySendError::Disconnected(_)) => return Recorded::Refused,
+            Err(TrySendError::Full(msg)) => msg,
+        };
+        let outcome = match self.policy {
+            OverflowPolicy::Drop => Recorded::Dropped,
+            OverflowPolicy::Shed => Recorded::Refused,
+            OverflowPolicy::Backpressure => self.wait_for_room(event).await,
+        };
+        telemetry::clicklog_overflow(self.policy, outcome);
+        outcome
+    }
+
+    async fn wait_for_room(&self, mut msg: Msg) -> Recorded {
+        let deadline = Instant::now() + self.wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(BACKPRESSURE_POLL).await;
+            match self.tx.try_send(msg) {
+                Ok(()) => return Recorded::Queued,
+                Err(TrySendError::Disconnected(_)) => return Recorded::Refused,
+                Err(TrySendError::Full(m)) => msg = m,
+            }
+        }
+        Recorded::Refused
+    }
+
+    /// Whether the writer thread is running (readiness).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+}

@@ -1,0 +1,291 @@
+//! The click-log writer thread: queue → JSON lines → segment → fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::segments::{self, Position};
+use super::{ClickLog, Msg};
+use crate::clicks::{BotClassifier, ClickEvent};
+use crate::config::OverflowPolicy;
+use crate::stats::StatsIndex;
+use crate::telemetry;
+
+/// Write once this much is buffered even if more events are waiting.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Wake-up when idle, to run timers (snapshot, retention, gauges).
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Pause between retries after a failed write (disk full, I/O error).
+const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Give up flushing at shutdown after this many failed writes in a row.
+const MAX_FAILURES_AT_SHUTDOWN: u32 = 50;
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+pub struct WriterConfig {
+    pub data_dir: PathBuf,
+    pub queue_capacity: usize,
+    pub overflow: OverflowPolicy,
+    pub overflow_wait: Duration,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    pub snapshot_interval: Duration,
+    pub retention: Duration,
+    pub edge_node: String,
+}
+
+/// Owns the writer thread; `shutdown` flushes, fsyncs and checkpoints.
+pub struct WriterHandle {
+    tx: crossbeam_channel::Sender<Msg>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl WriterHandle {
+    /// Asks the writer to drain everything queued, fsync, snapshot and exit.
+    pub fn shutdown(mut self) -> std::io::Result<()> {
+        let _ = self.tx.send(Msg::Shutdown);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("click-log writer panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens the log (repairing a torn tail), replays what the stats snapshot
+/// has not seen, and starts the writer thread.
+pub fn spawn_writer(
+    cfg: WriterConfig,
+    stats: Arc<StatsIndex>,
+) -> std::io::Result<(ClickLog, WriterHandle)> {
+    let dir = cfg.data_dir.join(segments::DIR_NAME);
+    std::fs::create_dir_all(&dir)?;
+    let seqs = segments::list(&dir)?;
+    let (seq, len) = match seqs.last() {
+        Some(&seq) => (seq, segments::repair_tail(&segments::segment_path(&dir, seq))?),
+        None => (1, 0),
+    };
+    let watermark = stats.load_snapshot(&cfg.data_dir)?;
+    let replayed_to = stats.replay(&dir, watermark)?;
+    tracing::info!(
+        from = ?watermark,
+        to = ?replayed_to,
+        "clicklog: stats caught up with the log"
+    );
+    let (seq, len) = if len >= cfg.segment_bytes {
+        (seq + 1, 0)
+    } else {
+        (seq, len)
+    };
+    let file = open_segment(&dir, seq)?;
+    let (tx, rx) = crossbeam_channel::bounded(cfg.queue_capacity);
+    let alive = Arc::new(AtomicBool::new(true));
+    let log = ClickLog::new(tx.clone(), cfg.overflow, cfg.overflow_wait, alive.clone());
+    let mut writer = Writer {
+        dir,
+        rx,
+        file,
+        position: Position {
+            segment: seq,
+            offset: len,
+        },
+        synced: true,
+        classifier: BotClassifier::default(),
+        stats,
+        alive,
+        cfg,
+    };
+    let thread = std::thread::Builder::new()
+        .name("clicklog-writer".into())
+        .spawn(move || {
+            let result = writer.run();
+            writer.alive.store(false, Ordering::Relaxed);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "clicklog: writer stopped");
+            }
+            result
+        })?;
+    Ok((
+        log,
+        WriterHandle {
+            tx,
+            thread: Some(thread),
+        },
+    ))
+}
+
+struct Writer {
+    dir: PathBuf,
+    rx: Receiver<Msg>,
+    file: File,
+    position: Position,
+    synced: bool,
+    classifier: BotClassifier,
+    stats: Arc<StatsIndex>,
+    alive: Arc<AtomicBool>,
+    cfg: WriterConfig,
+}
+
+/// Stats facts of one written event, applied after its bytes are on disk.
+struct Pending {
+    code: Arc<crate::links::Link>,
+    ts_ms: i64,
+    bot: bool,
+    visitor: u64,
+}
+
+impl Writer {
+    fn run(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 64 * 1024);
+        let mut pending = Vec::with_capacity(4096);
+        let mut last_fsync = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut last_retention: Option<Instant> = None;
+        let mut stopping = false;
+        let mut failures = 0u32;
+        loop {
+            if buf.is_empty() && !stopping {
+                let wait = if self.synced {
+                    IDLE_WAKE
+                } else {
+                    self.cfg.fsync_interval.saturating_sub(last_fsync.elapsed())
+                };
+                match self.rx.recv_timeout(wait) {
+                    Ok(Msg::Click(ev)) => self.encode(ev, &mut buf, &mut pending),
+                    Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            // Drain what else is waiting; on shutdown, drain everything.
+            while buf.len() < MAX_BATCH_BYTES || stopping {
+                match self.rx.try_recv() {
+                    Ok(Msg::Click(ev)) => self.encode(ev, &mut buf, &mut pending),
+                    Ok(Msg::Shutdown) => stopping = true,
+                    Err(_) => break,
+                }
+            }
+            telemetry::clicklog_queue_depth(self.rx.len());
+            if !buf.is_empty() {
+                if let Err(e) = self.append(&buf) {
+                    // Keep the batch; the queue fills and the overflow policy
+                    // takes over at the edge. Nothing is dropped here.
+                    telemetry::clicklog_write_failed(&e);
+                    failures += 1;
+                    if stopping && failures >= MAX_FAILURES_AT_SHUTDOWN {
+                        return Err(e);
+                    }
+                    std::thread::sleep(WRITE_RETRY);
+                    continue;
+                }
+                failures = 0;
+                buf.clear();
+                telemetry::clicklog_events(pending.len() as u64);
+                for p in pending.drain(..) {
+                    self.stats
+                        .record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                }
+            }
+            let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
+            if !self.synced && (fsync_due || stopping) {
+                self.fsync()?;
+                last_fsync = Instant::now();
+            }
+            if stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval {
+                self.fsync()?;
+                self.stats.save_snapshot(
+                    &self.cfg.data_dir,
+                    self.position,
+                    self.retention_cutoff_ms(),
+                )?;
+                last_snapshot = Instant::now();
+            }
+            if stopping {
+                tracing::info!(position = ?self.position, "clicklog: flushed and closed");
+                return Ok(());
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                self.apply_retention();
+                last_retention = Some(Instant::now());
+            }
+        }
+    }
+
+    fn encode(&self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Pending>) {
+        let bot = self.classifier.classify(ev.user_agent(), ev.signals);
+        ev.encode_json(bot, &self.cfg.edge_node, buf);
+        pending.push(Pending {
+            code: ev.link.clone(),
+            ts_ms: ev.ts_ms,
+            bot: bot.is_some(),
+            visitor: ev.ip_hash.visitor_key(),
+        });
+    }
+
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)?;
+        self.position.offset += buf.len() as u64;
+        self.synced = false;
+        telemetry::clicklog_written(buf.len());
+        if self.position.offset >= self.cfg.segment_bytes {
+            self.fsync()?;
+            self.position = Position {
+                segment: self.position.segment + 1,
+                offset: 0,
+            };
+            self.file = open_segment(&self.dir, self.position.segment)?;
+        }
+        Ok(())
+    }
+
+    fn fsync(&mut self) -> std::io::Result<()> {
+        if self.synced {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.file.sync_data()?;
+        telemetry::clicklog_fsynced(started.elapsed());
+        self.synced = true;
+        Ok(())
+    }
+
+    fn retention_cutoff_ms(&self) -> i64 {
+        let now = chrono::Utc::now().timestamp_millis();
+        now - self.cfg.retention.as_millis() as i64
+    }
+
+    /// Deletes closed segments last written before the retention cut-off.
+    fn apply_retention(&self) {
+        let Ok(seqs) = segments::list(&self.dir) else {
+            return;
+        };
+        let cutoff = SystemTime::now() - self.cfg.retention;
+        let mut live = 0;
+        for seq in seqs {
+            let path = segments::segment_path(&self.dir, seq);
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if seq < self.position.segment && old {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(segment = seq, "clicklog: segment past retention deleted"),
+                    Err(e) => tracing::warn!(segment = seq, error = %e, "clicklog: cannot delete old segment"),
+                }
+            } else {
+                live += 1;
+            }
+        }
+        telemetry::clicklog_segments(live);
+    }
+}
+
+fn open_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
+    let path = segments::segment_path(dir, seq);
+    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    crate::fsutil::sync_parent(&path)?;
+    Ok(file)
+}

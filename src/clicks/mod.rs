@@ -1,0 +1,255 @@
+//! What a click is: its id, the hashed client, its bot classification, and
+//! the event written to the click log (and later to Kafka).
+//!
+//! Nothing here does I/O except the salt ratchet's state file.
+
+pub mod bots;
+pub mod id;
+pub mod iphash;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::links::Link;
+pub use bots::{BotClassifier, BotReason, Signals};
+pub use id::{ClickId, ClickIds};
+pub use iphash::{IpHash, SaltRatchet};
+
+/// Event schema version written as `"v"`.
+pub const EVENT_VERSION: u8 = 1;
+/// Longest user agent kept in an event (longer ones are cut at a char boundary).
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+/// Longest referer kept.
+pub const MAX_REFERER_BYTES: usize = 1024;
+/// Longest sub-id kept (and substituted into `{sub}`).
+pub const MAX_SUB_BYTES: usize = 256;
+
+/// One answered redirect, as handed from the edge to the click-log writer.
+///
+/// The free-text fields share one allocation.
+#[derive(Debug)]
+pub struct ClickEvent {
+    pub click_id: ClickId,
+    pub ts_ms: i64,
+    pub link: Arc<Link>,
+    pub ip_hash: IpHash,
+    pub signals: Signals,
+    text: String,
+    ua_end: u32,
+    referer_end: u32,
+}
+
+impl ClickEvent {
+    pub fn new(
+        click_id: ClickId,
+        ts_ms: i64,
+        link: Arc<Link>,
+        ip_hash: IpHash,
+        signals: Signals,
+        user_agent: &[u8],
+        referer: &[u8],
+        sub: &str,
+    ) -> ClickEvent {
+        let ua = truncate_utf8(user_agent, MAX_USER_AGENT_BYTES);
+        let referer = truncate_utf8(referer, MAX_REFERER_BYTES);
+        let sub = truncate_str(sub, MAX_SUB_BYTES);
+        let mut text = String::with_capacity(ua.len() + referer.len() + sub.len());
+        text.push_str(&ua);
+        let ua_end = text.len() as u32;
+        text.push_str(&referer);
+        let referer_end = text.len() as u32;
+        text.push_str(sub);
+        ClickEvent {
+            click_id,
+            ts_ms,
+            link,
+            ip_hash,
+            signals,
+            text,
+            ua_end,
+            referer_end,
+        }
+    }
+
+    pub fn user_agent(&self) -> &str {
+        &self.text[..self.ua_end as usize]
+    }
+
+    pub fn referer(&self) -> &str {
+        &self.text[self.ua_end as usize..self.referer_end as usize]
+    }
+
+    pub fn sub(&self) -> &str {
+        &self.text[self.referer_end as usize..]
+    }
+
+    /// Appends the event as one JSON line (schema v1) to `out`.
+    pub fn encode_json(&self, bot: Option<BotReason>, edge_node: &str, out: &mut Vec<u8>) {
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(self.ip_hash.digest, &mut hex).expect("32 hex chars");
+        let wire = WireClick {
+            v: EVENT_VERSION,
+            click_id: self.click_id.as_str(),
+            ts: Rfc3339Millis(self.ts_ms),
+            tenant: &self.link.record.tenant,
+            code: &self.link.record.code,
+            destination: &self.link.record.destination,
+            ip_hash: std::str::from_utf8(&hex).expect("hex is ASCII"),
+            user_agent: self.user_agent(),
+            referer: self.referer(),
+            sub: self.sub(),
+            bot: bot.is_some(),
+            bot_reason: bot.map(BotReason::as_str),
+            edge_node,
+            salt_epoch: self.ip_hash.epoch,
+        };
+        serde_json::to_writer(&mut *out, &wire).expect("writing to a Vec cannot fail");
+        out.push(b'\n');
+    }
+}
+
+/// A click event as written on the wire (schema v1). `salt_epoch` is an
+/// addition to the contract's fields: unique visitors are counted per epoch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireClick<'a> {
+    pub v: u8,
+    pub click_id: &'a str,
+    pub ts: Rfc3339Millis,
+    pub tenant: &'a str,
+    pub code: &'a str,
+    pub destination: &'a str,
+    pub ip_hash: &'a str,
+    pub user_agent: &'a str,
+    pub referer: &'a str,
+    pub sub: &'a str,
+    pub bot: bool,
+    pub bot_reason: Option<&'a str>,
+    pub edge_node: &'a str,
+    pub salt_epoch: u64,
+}
+
+/// Unix milliseconds serialised as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339Millis(pub i64);
+
+impl Serialize for Rfc3339Millis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let dt = chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default();
+        s.collect_str(&dt.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Rfc3339Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| Rfc3339Millis(t.timestamp_millis()))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn truncate_utf8(bytes: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
+    let bytes = &bytes[..bytes.len().min(max)];
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        // Cut inside a char, or not UTF-8 at all (obs-text): keep what is.
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&bytes[..e.valid_up_to()])
+            .unwrap_or_default()
+            .into(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned().into(),
+    }
+}
+
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::links::{Link, LinkRecord};
+
+    fn link() -> Arc<Link> {
+        let now = chrono::Utc::now();
+        Arc::new(Link::compile(LinkRecord {
+            code: "abc".into(),
+            tenant: "acme".into(),
+            destination: "https://example.com/".into(),
+            redirect: 302,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            disabled: false,
+            deleted: false,
+            tags: vec![],
+            passthrough: true,
+        }))
+    }
+
+    #[test]
+    fn events_encode_to_schema_v1_json_lines() {
+        let ids = ClickIds::new(&crate::keys::MasterKey::for_tests());
+        let id = ids.mint(1_790_000_000_123);
+        let ev = ClickEvent::new(
+            id,
+            1_790_000_000_123,
+            link(),
+            IpHash {
+                epoch: 9,
+                digest: [0xab; 16],
+            },
+            Signals::default(),
+            b"Mozilla/5.0 \"quoted\"",
+            b"https://ref.example/",
+            "s-1",
+        );
+        let mut out = Vec::new();
+        ev.encode_json(Some(BotReason::Crawler), "node-1", &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["click_id"], id.as_str());
+        assert_eq!(v["ts"], "2026-09-21T14:13:20.123Z");
+        assert_eq!(v["tenant"], "acme");
+        assert_eq!(v["code"], "abc");
+        assert_eq!(v["destination"], "https://example.com/");
+        assert_eq!(v["ip_hash"], "ab".repeat(16));
+        assert_eq!(v["user_agent"], "Mozilla/5.0 \"quoted\"");
+        assert_eq!(v["referer"], "https://ref.example/");
+        assert_eq!(v["sub"], "s-1");
+        assert_eq!(v["bot"], true);
+        assert_eq!(v["bot_reason"], "crawler");
+        assert_eq!(v["edge_node"], "node-1");
+        let back: WireClick<'_> = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
+        assert_eq!(back.ts, Rfc3339Millis(1_790_000_000_123));
+    }
+
+    #[test]
+    fn long_or_invalid_text_is_cut_safely() {
+        let ua = "é".repeat(400); // 800 bytes
+        let ev = ClickEvent::new(
+            ClickIds::new(&crate::keys::MasterKey::for_tests()).mint(1),
+            1,
+            link(),
+            IpHash {
+                epoch: 0,
+                digest: [0; 16],
+            },
+            Signals::default(),
+            ua.as_bytes(),
+            b"\xff\xfe",
+            &"x".repeat(300),
+        );
+        assert!(ev.user_agent().len() <= MAX_USER_AGENT_BYTES);
+        assert_eq!(ev.sub().len(), MAX_SUB_BYTES);
+        assert_eq!(ev.referer(), "\u{fffd}\u{fffd}");
+    }
+}

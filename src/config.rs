@@ -1,0 +1,645 @@
+//! Typed configuration.
+//!
+//! Three layers, later wins: the embedded `config/default.toml`, an optional
+//! file (`--config` / `CLICKEDGE_CONFIG`), and `CLICKEDGE_<SECTION>__<KEY>`
+//! environment variables. The merged tree is deserialised into `Raw*` structs
+//! that reject unknown keys, then validated once into [`Config`], whose fields
+//! are types that cannot hold a bad value. Every error names the key.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The embedded defaults; also the documentation of every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables with the prefix that are not config keys.
+const NON_KEY_ENV: &[&str] = &["config", "master_key"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub master_key_file: Option<PathBuf>,
+    pub edge: EdgeConfig,
+    pub admin: AdminConfig,
+    pub links: LinksConfig,
+    pub cookie: CookieConfig,
+    pub privacy: PrivacyConfig,
+    pub clicklog: ClickLogConfig,
+    pub stats: StatsConfig,
+    pub kafka: Option<KafkaConfig>,
+    pub clickhouse: Option<ClickHouseConfig>,
+    pub sink: SinkConfig,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub node_id: String,
+    pub workers: Option<NonZeroUsize>,
+    pub max_connections: NonZeroUsize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinksConfig {
+    pub random_code_len: usize,
+    pub default_redirect: u16,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivacyConfig {
+    pub salt_rotation: Duration,
+    pub salt_grace: Duration,
+}
+
+/// What the edge does when the click-log queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Wait (bounded) for room, then answer 503: never redirect unrecorded.
+    Backpressure,
+    /// Answer 503 at once.
+    Shed,
+    /// Redirect anyway and count the dropped event.
+    Drop,
+}
+
+impl OverflowPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::Backpressure => "backpressure",
+            OverflowPolicy::Shed => "shed",
+            OverflowPolicy::Drop => "drop",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClickLogConfig {
+    pub queue_capacity: NonZeroUsize,
+    pub overflow: OverflowPolicy,
+    pub overflow_wait: Duration,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatsConfig {
+    pub snapshot_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub batch_rows: NonZeroU32,
+    pub batch_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub days: NonZeroU32,
+}
+
+impl RetentionConfig {
+    pub fn as_duration(&self) -> Duration {
+        Duration::from_secs(u64::from(self.days.get()) * 86_400)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+// ---- raw, as written ------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: PathBuf,
+    master_key_file: Option<PathBuf>,
+    edge: RawEdge,
+    admin: RawAdmin,
+    links: RawLinks,
+    cookie: RawCookie,
+    privacy: RawPrivacy,
+    clicklog: RawClickLog,
+    stats: RawStats,
+    kafka: Option<RawKafka>,
+    clickhouse: Option<RawClickHouse>,
+    sink: RawSink,
+    retention: RawRetention,
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    listen: String,
+    public_url: String,
+    trusted_proxies: Vec<String>,
+    node_id: String,
+    workers: usize,
+    max_connections: usize,
+    header_read_timeout_ms: u64,
+    max_header_bytes: usize,
+    max_headers: usize,
+    shutdown_grace_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    max_body_bytes: usize,
+    request_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinks {
+    random_code_len: usize,
+    default_redirect: u16,
+    reload_interval_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookie {
+    name: String,
+    max_age_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    salt_rotation: String,
+    salt_grace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClickLog {
+    queue_capacity: usize,
+    overflow: String,
+    overflow_wait_ms: u64,
+    fsync_interval_ms: u64,
+    segment_bytes: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    snapshot_interval_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClickHouse {
+    url: String,
+    database: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    batch_rows: u32,
+    batch_interval_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+// ---- loading ----------------------------------------------------------------
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, Env::prefixed("CLICKEDGE_"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(env.split("__").ignore(NON_KEY_ENV));
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(flatten_figment_error(e)))?;
+        Self::validate(raw)
+    }
+
+    /// Parses a complete TOML document layered over the defaults (tests).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(flatten_figment_error(e)))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let edge = validate_edge(raw.edge)?;
+        let admin = AdminConfig {
+            listen: parse_addr("admin.listen", &raw.admin.listen)?,
+            max_body_bytes: at_least("admin.max_body_bytes", raw.admin.max_body_bytes, 1024)?,
+            request_timeout: millis("admin.request_timeout_ms", raw.admin.request_timeout_ms)?,
+        };
+        if !(7..=64).contains(&raw.links.random_code_len) {
+            return Err(invalid("links.random_code_len", "must be between 7 and 64"));
+        }
+        if !matches!(raw.links.default_redirect, 301 | 302 | 307 | 308) {
+            return Err(invalid(
+                "links.default_redirect",
+                "must be one of 301, 302, 307, 308",
+            ));
+        }
+        let links = LinksConfig {
+            random_code_len: raw.links.random_code_len,
+            default_redirect: raw.links.default_redirect,
+            reload_interval: millis("links.reload_interval_ms", raw.links.reload_interval_ms)?,
+        };
+        let cookie = validate_cookie(raw.cookie)?;
+        let privacy = validate_privacy(raw.privacy)?;
+        let clicklog = validate_clicklog(raw.clicklog)?;
+        let stats = StatsConfig {
+            snapshot_interval: Duration::from_secs(at_least(
+                "stats.snapshot_interval_secs",
+                raw.stats.snapshot_interval_secs,
+                1,
+            )?),
+        };
+        let kafka = raw
+            .kafka
+            .map(|k| {
+                if k.brokers.trim().is_empty() {
+                    return Err(invalid("kafka.brokers", "must list at least one host:port"));
+                }
+                Ok(KafkaConfig { brokers: k.brokers })
+            })
+            .transpose()?;
+        let clickhouse = raw
+            .clickhouse
+            .map(|c| {
+                let url = url::Url::parse(&c.url)
+                    .map_err(|e| invalid("clickhouse.url", format!("not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid("clickhouse.url", "must be http:// or https://"));
+                }
+                if c.database.is_empty()
+                    || !c
+                        .database
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(invalid("clickhouse.database", "must be [A-Za-z0-9_]+"));
+                }
+                Ok(ClickHouseConfig {
+                    url: c.url,
+                    database: c.database,
+                })
+            })
+            .transpose()?;
+        let sink = SinkConfig {
+            batch_rows: NonZeroU32::new(raw.sink.batch_rows)
+                .ok_or_else(|| invalid("sink.batch_rows", "must be at least 1"))?,
+            batch_interval: millis("sink.batch_interval_ms", raw.sink.batch_interval_ms)?,
+        };
+        let retention = RetentionConfig {
+            days: NonZeroU32::new(raw.retention.days)
+                .ok_or_else(|| invalid("retention.days", "must be at least 1"))?,
+        };
+        let log = LogConfig {
+            format: match raw.log.format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("`{other}` is not one of: text, json"),
+                    ))
+                }
+            },
+            level: raw.log.level,
+        };
+        tracing_subscriber::EnvFilter::try_new(&log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(Config {
+            data_dir: raw.data_dir,
+            master_key_file: raw.master_key_file,
+            edge,
+            admin,
+            links,
+            cookie,
+            privacy,
+            clicklog,
+            stats,
+            kafka,
+            clickhouse,
+            sink,
+            retention,
+            log,
+        })
+    }
+}
+
+fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
+    let public_url = url::Url::parse(&raw.public_url)
+        .map_err(|e| invalid("edge.public_url", format!("not an absolute URL: {e}")))?;
+    if !matches!(public_url.scheme(), "http" | "https") || public_url.query().is_some() {
+        return Err(invalid(
+            "edge.public_url",
+            "must be an http(s) URL without a query",
+        ));
+    }
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid("edge.trusted_proxies", format!("`{s}` is not a CIDR")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let node_id = if raw.node_id.is_empty() {
+        host_name()
+    } else {
+        raw.node_id
+    };
+    if node_id.len() > 64 || node_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "edge.node_id",
+            "must be at most 64 printable characters",
+        ));
+    }
+    Ok(EdgeConfig {
+        listen: parse_addr("edge.listen", &raw.listen)?,
+        public_url: public_url.as_str().trim_end_matches('/').to_owned(),
+        trusted_proxies,
+        node_id,
+        workers: NonZeroUsize::new(raw.workers),
+        max_connections: NonZeroUsize::new(raw.max_connections)
+            .ok_or_else(|| invalid("edge.max_connections", "must be at least 1"))?,
+        header_read_timeout: millis("edge.header_read_timeout_ms", raw.header_read_timeout_ms)?,
+        max_header_bytes: at_least("edge.max_header_bytes", raw.max_header_bytes, 8192)?,
+        max_headers: at_least("edge.max_headers", raw.max_headers, 8)?,
+        shutdown_grace: millis("edge.shutdown_grace_ms", raw.shutdown_grace_ms)?,
+    })
+}
+
+fn validate_cookie(raw: RawCookie) -> Result<CookieConfig, ConfigError> {
+    // RFC 6265 cookie-name is an RFC 7230 token.
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if raw.name.is_empty() || raw.name.len() > 64 || !raw.name.bytes().all(is_tchar) {
+        return Err(invalid(
+            "cookie.name",
+            "must be 1-64 characters of an HTTP token",
+        ));
+    }
+    if raw.max_age_secs == 0 || raw.max_age_secs > 400 * 86_400 {
+        return Err(invalid(
+            "cookie.max_age_secs",
+            "must be between 1 and 34560000 (400 days, the browser cap)",
+        ));
+    }
+    Ok(CookieConfig {
+        name: raw.name,
+        max_age_secs: raw.max_age_secs,
+    })
+}
+
+fn validate_privacy(raw: RawPrivacy) -> Result<PrivacyConfig, ConfigError> {
+    let salt_rotation = humantime::parse_duration(&raw.salt_rotation)
+        .map_err(|e| invalid("privacy.salt_rotation", e.to_string()))?;
+    if salt_rotation < Duration::from_secs(60) {
+        return Err(invalid("privacy.salt_rotation", "must be at least 1m"));
+    }
+    if salt_rotation.as_secs() > 366 * 86_400 {
+        return Err(invalid("privacy.salt_rotation", "must be at most 366d"));
+    }
+    let salt_grace = humantime::parse_duration(&raw.salt_grace)
+        .map_err(|e| invalid("privacy.salt_grace", e.to_string()))?;
+    if salt_grace >= salt_rotation {
+        return Err(invalid(
+            "privacy.salt_grace",
+            "must be shorter than privacy.salt_rotation",
+        ));
+    }
+    Ok(PrivacyConfig {
+        salt_rotation,
+        salt_grace,
+    })
+}
+
+fn validate_clicklog(raw: RawClickLog) -> Result<ClickLogConfig, ConfigError> {
+    let overflow = match raw.overflow.as_str() {
+        "backpressure" => OverflowPolicy::Backpressure,
+        "shed" => OverflowPolicy::Shed,
+        "drop" => OverflowPolicy::Drop,
+        other => {
+            return Err(invalid(
+                "clicklog.overflow",
+                format!("`{other}` is not one of: backpressure, shed, drop"),
+            ))
+        }
+    };
+    let fsync_interval = millis("clicklog.fsync_interval_ms", raw.fsync_interval_ms)?;
+    if fsync_interval > Duration::from_secs(10) {
+        return Err(invalid("clicklog.fsync_interval_ms", "must be at most 10000"));
+    }
+    Ok(ClickLogConfig {
+        queue_capacity: NonZeroUsize::new(raw.queue_capacity)
+            .ok_or_else(|| invalid("clicklog.queue_capacity", "must be at least 1"))?,
+        overflow,
+        overflow_wait: Duration::from_millis(raw.overflow_wait_ms),
+        fsync_interval,
+        segment_bytes: at_least("clicklog.segment_bytes", raw.segment_bytes, 4096)?,
+    })
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("`{value}` is not an IP:port address")))
+}
+
+fn millis(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+) -> Result<T, ConfigError> {
+    if value < min {
+        return Err(invalid(key, format!("must be at least {min}")));
+    }
+    Ok(value)
+}
+
+/// Figment reports nested errors one per line; keep them all, on one line.
+fn flatten_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_and_embedded_mode() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.edge.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin.listen, "127.0.0.1:9080".parse().unwrap());
+        assert_eq!(c.cookie.name, "ce_click");
+        assert_eq!(c.privacy.salt_rotation, Duration::from_secs(86_400));
+        assert_eq!(c.retention.days.get(), 90);
+        assert!(c.kafka.is_none());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(err_of("[edge]\nlisten = \"nope\"").contains("edge.listen"));
+        assert!(err_of("[edge]\ntrusted_proxies = [\"10.0.0.0/33\"]")
+            .contains("edge.trusted_proxies"));
+        assert!(err_of("[privacy]\nsalt_rotation = \"soon\"").contains("privacy.salt_rotation"));
+        assert!(err_of("[clicklog]\noverflow = \"maybe\"").contains("clicklog.overflow"));
+        assert!(err_of("[cookie]\nname = \"a b\"").contains("cookie.name"));
+        assert!(err_of("[retention]\ndays = 0").contains("retention.days"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = err_of("[edge]\nlisten_port = 80");
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let env = Env::prefixed("CET_TEST_A_");
+        // Env is read lazily from the process environment; Jail restores it.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CET_TEST_A_EDGE__LISTEN", "127.0.0.1:1234");
+            jail.set_env("CET_TEST_A_EDGE__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]");
+            jail.set_env("CET_TEST_A_DATA_DIR", "/tmp/x");
+            jail.set_env("CET_TEST_A_MASTER_KEY", "not-a-key-field");
+            let c = Config::load_with_env(None, env.clone()).unwrap();
+            assert_eq!(c.edge.listen, "127.0.0.1:1234".parse().unwrap());
+            assert_eq!(c.edge.trusted_proxies.len(), 1);
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            jail.set_env("CET_TEST_A_EDGE__MAX_CONNECTIONS", "zero");
+            let e = Config::load_with_env(None, env.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.to_lowercase().contains("edge.max_connections"), "{e}");
+            Ok(())
+        });
+    }
+}

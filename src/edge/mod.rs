@@ -1,0 +1,56 @@
+//! The public listener: routing, the redirect hot path and its state.
+//!
+//! Everything the redirect path reads is built once at start-up into
+//! [`Edge`]; the only shared mutable state it touches is the link table
+//! (one `ArcSwap` load) and the salt ratchet (another).
+
+pub mod client_ip;
+pub mod redirect;
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use crate::clicklog::ClickLog;
+use crate::clicks::{ClickIds, SaltRatchet};
+use crate::config::CookieConfig;
+use crate::links::SharedLinkTable;
+use crate::telemetry::EdgeMetrics;
+
+pub struct Edge {
+    pub links: Arc<SharedLinkTable>,
+    pub ids: ClickIds,
+    pub salts: Arc<SaltRatchet>,
+    pub clicklog: ClickLog,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cookie: CookieTemplate,
+    pub metrics: EdgeMetrics,
+}
+
+/// `Set-Cookie` pre-rendered around the click id.
+pub struct CookieTemplate {
+    prefix: String,
+    suffix: String,
+}
+
+impl CookieTemplate {
+    pub fn new(cfg: &CookieConfig, secure: bool) -> CookieTemplate {
+        CookieTemplate {
+            prefix: format!("{}=", cfg.name),
+            suffix: format!(
+                "; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
+                cfg.max_age_secs,
+                if secure { "; Secure" } else { "" }
+            ),
+        }
+    }
+
+    pub fn render(&self, click_id: &str) -> HeaderValue {
+        let mut s = String::with_capacity(self.prefix.len() + click_id.len() + self.suffix.len());
+        s.push_str(&self.prefix);
+        s.push_str(click_id);
+        s.push_str(&self.suffix);
+        HeaderValue::try_from(s).expect("cookie name and click id are token characters")
+    }
+}

@@ -1,0 +1,173 @@
+//! The redirect hot path.
+//!
+//! [`decide`] is everything a redirect costs except the hand-off: one table
+//! load, one lookup, a click id, an IP hash, the `Location` and cookie
+//! headers and the event. No lock, no await, no I/O. [`handle`] adds the
+//! click-log hand-off (the only place that may wait, and only under the
+//! `backpressure` overflow policy) and the response.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::{client_ip::client_ip, Edge};
+use crate::clicklog::Recorded;
+use crate::clicks::{bots, ClickEvent, Signals, MAX_SUB_BYTES};
+use crate::links::template::{query_param, Vars};
+use crate::links::{validate::is_valid_code, LinkState};
+use crate::server::Body;
+
+static NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+static ALLOWED: HeaderValue = HeaderValue::from_static("GET, HEAD");
+static RETRY_SOON: HeaderValue = HeaderValue::from_static("1");
+
+/// What the edge answers, before the click-log hand-off.
+#[derive(Debug)]
+pub enum Decision {
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+        cookie: HeaderValue,
+        event: ClickEvent,
+    },
+    NotFound,
+    Gone,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Decides the answer to a request for `/{code}`. Pure apart from the
+/// clock and the random click id.
+pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> Decision {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Decision::MethodNotAllowed;
+    }
+    let code = &req.uri().path()[1..];
+    if !is_valid_code(code) {
+        return Decision::NotFound;
+    }
+    let link = match edge.links.load().get(code) {
+        Some(link) => Arc::clone(link),
+        None => return Decision::NotFound,
+    };
+    if link.state_at(now_ms) == LinkState::Gone {
+        return Decision::Gone;
+    }
+    let click_id = edge.ids.mint(now_ms as u64);
+    let query = req.uri().query();
+    let sub = query_param(query, "sub").unwrap_or_default();
+    let sub = truncate(&sub, MAX_SUB_BYTES);
+    let vars = Vars {
+        click_id: click_id.as_str(),
+        code,
+        sub,
+    };
+    let Ok(location) = HeaderValue::try_from(link.template.render(&vars, query)) else {
+        return Decision::BadRequest;
+    };
+    let cookie = edge.cookie.render(click_id.as_str());
+    let headers = req.headers();
+    let ip = client_ip(peer, headers, &edge.trusted_proxies);
+    let ip_hash = edge.salts.hash(ip, now_ms as u64);
+    let signals = Signals {
+        head: req.method() == Method::HEAD,
+        prefetch: bots::is_prefetch(headers),
+    };
+    let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+    let status = link.status;
+    let event = ClickEvent::new(
+        click_id,
+        now_ms,
+        link,
+        ip_hash,
+        signals,
+        header(USER_AGENT),
+        header(REFERER),
+        sub,
+    );
+    Decision::Redirect {
+        status,
+        location,
+        cookie,
+        event,
+    }
+}
+
+/// Serves one request on the public listener.
+pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let m = &edge.metrics;
+    if req.uri().path().starts_with("/_") {
+        m.reserved.increment(1);
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match decide(&edge, &req, peer.ip(), crate::time::now_ms()) {
+        Decision::Redirect {
+            status,
+            location,
+            cookie,
+            event,
+        } => {
+            if edge.clicklog.record(event).await == Recorded::Refused {
+                m.unavailable.increment(1);
+                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
+                resp.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
+                return resp;
+            }
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = status;
+            let h = resp.headers_mut();
+            h.insert(LOCATION, location);
+            h.insert(SET_COOKIE, cookie);
+            h.insert(CACHE_CONTROL, NO_STORE.clone());
+            m.redirected(status).increment(1);
+            m.duration.record(started.elapsed().as_secs_f64());
+            resp
+        }
+        Decision::NotFound => {
+            m.not_found.increment(1);
+            plain(StatusCode::NOT_FOUND, "not found\n")
+        }
+        Decision::Gone => {
+            m.gone.increment(1);
+            plain(StatusCode::GONE, "this link is no longer available\n")
+        }
+        Decision::MethodNotAllowed => {
+            m.method_not_allowed.increment(1);
+            let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            resp.headers_mut().insert(ALLOW, ALLOWED.clone());
+            resp
+        }
+        Decision::BadRequest => {
+            m.bad_request.increment(1);
+            plain(StatusCode::BAD_REQUEST, "bad request\n")
+        }
+    }
+}
+
+/// A small text answer; every edge answer is `private, no-store`.
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CACHE_CONTROL, NO_STORE.clone());
+    h.insert(CONTENT_TYPE, TEXT.clone());
+    resp
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

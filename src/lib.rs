@@ -1,0 +1,22 @@
+//! clickedge: a click-tracking redirect edge.
+//!
+//! The modules follow a click: `edge` answers it, `links` knows where it
+//! goes, `clicks` describes it, `clicklog` makes it durable, `stats` counts
+//! it, and `admin` lets operators manage links and read the counts.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod clicklog;
+pub mod clicks;
+pub mod config;
+pub mod edge;
+pub mod fsutil;
+pub mod keys;
+pub mod links;
+pub mod server;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod tokens;

@@ -1,0 +1,317 @@
+//! The destination of a link, compiled once so a redirect only copies slices.
+//!
+//! A destination may contain the macros `{click_id}`, `{code}` and `{sub}`
+//! (also in their percent-encoded form `%7Bsub%7D`, which is what URL
+//! normalisation turns braces in a path into). With passthrough on, the
+//! request's query parameters are appended, except those the destination
+//! already has: the destination wins on conflicts.
+
+use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// Characters percent-encoded when `{sub}` is substituted: all but RFC 3986
+/// unreserved, so a hostile sub can never add parameters, paths or headers.
+const SUB_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Lit(Box<str>),
+    ClickId,
+    Code,
+    Sub,
+}
+
+/// Per-request values substituted into a template.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<'a> {
+    pub click_id: &'a str,
+    pub code: &'a str,
+    /// The decoded `sub` query value.
+    pub sub: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Everything before the fragment.
+    head: Box<[Piece]>,
+    /// `#...` or empty.
+    fragment: Box<[Piece]>,
+    /// What to put between `head` and the first passed-through parameter.
+    query_joiner: &'static str,
+    /// Decoded names of the destination's own query parameters.
+    dest_params: Box<[Box<str>]>,
+    passthrough: bool,
+    literal_len: usize,
+}
+
+impl Template {
+    /// Compiles a normalised destination.
+    pub fn compile(destination: &str, passthrough: bool) -> Template {
+        let (head, fragment) = match destination.find('#') {
+            Some(i) => destination.split_at(i),
+            None => (destination, ""),
+        };
+        let query = head.split_once('?').map(|(_, q)| q);
+        let query_joiner = match query {
+            None => "?",
+            Some(q) if q.is_empty() || q.ends_with('&') => "",
+            Some(_) => "&",
+        };
+        let dest_params = query
+            .map(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, _)| k.into_owned().into_boxed_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Template {
+            head: split_macros(head),
+            fragment: split_macros(fragment),
+            query_joiner,
+            dest_params,
+            passthrough,
+            literal_len: destination.len(),
+        }
+    }
+
+    /// Builds the `Location` for one request. `query` is the raw request
+    /// query (already restricted to URI characters by the HTTP parser).
+    pub fn render(&self, vars: &Vars<'_>, query: Option<&str>) -> String {
+        let query = query.filter(|_| self.passthrough).unwrap_or("");
+        let mut out = String::with_capacity(
+            self.literal_len + 2 * vars.click_id.len() + vars.sub.len() * 3 + query.len() + 2,
+        );
+        push_pieces(&mut out, &self.head, vars);
+        let mut joiner = self.query_joiner;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            if self.destination_has(pair) {
+                continue;
+            }
+            out.push_str(joiner);
+            out.push_str(pair);
+            joiner = "&";
+        }
+        push_pieces(&mut out, &self.fragment, vars);
+        out
+    }
+
+    fn destination_has(&self, pair: &str) -> bool {
+        if self.dest_params.is_empty() {
+            return false;
+        }
+        let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let key = decode_component(raw_key);
+        self.dest_params.iter().any(|p| **p == *key)
+    }
+}
+
+fn push_pieces(out: &mut String, pieces: &[Piece], vars: &Vars<'_>) {
+    for piece in pieces {
+        match piece {
+            Piece::Lit(s) => out.push_str(s),
+            Piece::ClickId => out.push_str(vars.click_id),
+            Piece::Code => out.push_str(vars.code),
+            Piece::Sub => out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE)),
+        }
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component, borrowing
+/// when there is nothing to decode.
+pub fn decode_component(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let plus_decoded: Cow<'_, str> = if raw.contains('+') {
+        Cow::Owned(raw.replace('+', " "))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let decoded = percent_encoding::percent_decode_str(&plus_decoded).decode_utf8_lossy();
+    Cow::Owned(decoded.into_owned())
+}
+
+/// The decoded value of the first `name` parameter in a raw query.
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    query?
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(k) == name).then(|| decode_component(v))
+        })
+        .next()
+}
+
+const MACROS: [(&str, Piece); 3] = [
+    ("click_id", Piece::ClickId),
+    ("code", Piece::Code),
+    ("sub", Piece::Sub),
+];
+
+/// Splits a string into literals and macros, accepting `{m}` and `%7Bm%7D`.
+fn split_macros(s: &str) -> Box<[Piece]> {
+    let mut pieces = Vec::new();
+    let mut lit_start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        if let Some((piece, len)) = macro_at(&s[i..]) {
+            if lit_start < i {
+                pieces.push(Piece::Lit(s[lit_start..i].into()));
+            }
+            pieces.push(piece);
+            i += len;
+            lit_start = i;
+        } else {
+            i += s[i..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    if lit_start < s.len() {
+        pieces.push(Piece::Lit(s[lit_start..].into()));
+    }
+    pieces.into_boxed_slice()
+}
+
+fn macro_at(s: &str) -> Option<(Piece, usize)> {
+    let bytes = s.as_bytes();
+    let (open_len, close): (usize, &[u8]) = if bytes.starts_with(b"{") {
+        (1, b"}")
+    } else if bytes.len() >= 3 && bytes[..3].eq_ignore_ascii_case(b"%7B") {
+        (3, b"%7D")
+    } else {
+        return None;
+    };
+    let rest = &bytes[open_len..];
+    MACROS.iter().find_map(|(name, piece)| {
+        let after = rest.strip_prefix(name.as_bytes())?;
+        (after.len() >= close.len() && after[..close.len()].eq_ignore_ascii_case(close))
+            .then(|| (piece.clone(), open_len + name.len() + close.len()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VARS: Vars<'static> = Vars {
+        click_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        code: "promo",
+        sub: "a b&c=d",
+    };
+
+    fn render(dest: &str, passthrough: bool, query: Option<&str>) -> String {
+        Template::compile(dest, passthrough).render(&VARS, query)
+    }
+
+    #[test]
+    fn macros_expand_in_query_path_and_fragment() {
+        assert_eq!(
+            render(
+                "https://shop.example/p/%7Bcode%7D?cid={click_id}&s={sub}#{code}",
+                false,
+                None
+            ),
+            "https://shop.example/p/promo?cid=01ARZ3NDEKTSV4RRFFQ69G5FAV&s=a%20b%26c%3Dd#promo"
+        );
+    }
+
+    #[test]
+    fn unknown_braces_are_left_alone() {
+        assert_eq!(
+            render("https://x.example/?a={nope}&b={sub", false, None),
+            "https://x.example/?a={nope}&b={sub"
+        );
+    }
+
+    #[test]
+    fn passthrough_appends_request_parameters_and_destination_wins() {
+        assert_eq!(
+            render(
+                "https://x.example/?utm=dest",
+                true,
+                Some("utm=req&gclid=9&&x")
+            ),
+            "https://x.example/?utm=dest&gclid=9&x"
+        );
+        assert_eq!(
+            render("https://x.example/p", true, Some("a=1")),
+            "https://x.example/p?a=1"
+        );
+        assert_eq!(
+            render("https://x.example/p?", true, Some("a=1")),
+            "https://x.example/p?a=1"
+        );
+    }
+
+    #[test]
+    fn passthrough_goes_before_the_fragment() {
+        assert_eq!(
+            render("https://x.example/p#top", true, Some("a=1")),
+            "https://x.example/p?a=1#top"
+        );
+    }
+
+    #[test]
+    fn passthrough_off_ignores_the_query() {
+        assert_eq!(
+            render("https://x.example/p", false, Some("a=1")),
+            "https://x.example/p"
+        );
+    }
+
+    #[test]
+    fn encoded_conflicting_names_are_recognised() {
+        assert_eq!(
+            render("https://x.example/?a%20b=1", true, Some("a+b=2&c=3")),
+            "https://x.example/?a%20b=1&c=3"
+        );
+    }
+
+    #[test]
+    fn sub_is_read_decoded_from_the_query() {
+        assert_eq!(
+            query_param(Some("x=1&sub=a%20b+c"), "sub").as_deref(),
+            Some("a b c")
+        );
+        assert_eq!(query_param(Some("sub"), "sub").as_deref(), Some(""));
+        assert_eq!(query_param(Some("subx=1"), "sub"), None);
+        assert_eq!(query_param(None, "sub"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_sub_renders_to_a_valid_header(sub in "\\PC{0,64}") {
+            let t = Template::compile("https://x.example/?s={sub}", true);
+            let vars = Vars { sub: &sub, ..VARS };
+            let loc = t.render(&vars, None);
+            prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
+            // The substituted value decodes back to the original.
+            let back = query_param(loc.split_once('?').map(|x| x.1), "s").unwrap();
+            prop_assert_eq!(back.as_ref(), sub.as_str());
+        }
+
+        #[test]
+        fn destination_parameters_always_survive_passthrough(
+            q in "([a-z]{1,3}=[a-z0-9]{0,3}&){0,5}"
+        ) {
+            let t = Template::compile("https://x.example/?a=dest", true);
+            let loc = t.render(&VARS, Some(&q));
+            let qs = loc.split_once('?').unwrap().1;
+            let a = query_param(Some(qs), "a");
+            prop_assert_eq!(a.as_deref(), Some("dest"));
+            let a_count = qs.split('&').filter(|p| p.split('=').next() == Some("a")).count();
+            prop_assert_eq!(a_count, 1);
+        }
+
+        #[test]
+        fn compile_and_render_never_panic(dest in "\\PC{0,80}", q in "[ -~]{0,40}") {
+            let t = Template::compile(&dest, true);
+            let _ = t.render(&VARS, Some(&q));
+        }
+    }
+}

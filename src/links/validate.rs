@@ -1,0 +1,158 @@
+//! Validation of what operators send: codes and destinations.
+
+use rand::Rng;
+use url::Url;
+
+/// Longest destination accepted, before and after normalisation.
+pub const MAX_DESTINATION_BYTES: usize = 2048;
+/// Longest code accepted.
+pub const MAX_CODE_LEN: usize = 64;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Why a destination was refused; the admin API shows `message()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination is longer than 2048 bytes")]
+    TooLong,
+    #[error("destination contains control characters")]
+    ControlCharacters,
+    #[error("destination is not an absolute URL")]
+    NotAbsolute,
+    #[error("destination scheme must be http or https")]
+    Scheme,
+    #[error("destination must not contain user info (user@)")]
+    UserInfo,
+    #[error("destination has no host")]
+    NoHost,
+}
+
+/// A code is 1-64 chars of `[A-Za-z0-9-]`.
+pub fn is_valid_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= MAX_CODE_LEN
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A fresh random code of `len` base62 chars from the thread CSPRNG.
+pub fn random_code(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
+        .collect()
+}
+
+/// Parses and normalises a destination: absolute http(s), a host, no
+/// user-info, no control characters, at most 2048 bytes before and after.
+pub fn normalize_destination(input: &str) -> Result<String, DestinationError> {
+    if input.len() > MAX_DESTINATION_BYTES {
+        return Err(DestinationError::TooLong);
+    }
+    if input.chars().any(char::is_control) {
+        return Err(DestinationError::ControlCharacters);
+    }
+    let url = Url::parse(input.trim()).map_err(|_| DestinationError::NotAbsolute)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(DestinationError::Scheme);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(DestinationError::UserInfo);
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(DestinationError::NoHost);
+    }
+    let normalized = String::from(url);
+    if normalized.len() > MAX_DESTINATION_BYTES {
+        return Err(DestinationError::TooLong);
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn destinations_are_normalised() {
+        assert_eq!(
+            normalize_destination("HTTPS://Example.COM").unwrap(),
+            "https://example.com/"
+        );
+        assert_eq!(
+            normalize_destination("http://example.com/a b?q=1").unwrap(),
+            "http://example.com/a%20b?q=1"
+        );
+        assert_eq!(
+            normalize_destination("https://bücher.example/").unwrap(),
+            "https://xn--bcher-kva.example/"
+        );
+    }
+
+    #[test]
+    fn hostile_destinations_are_refused_with_a_reason() {
+        use DestinationError::*;
+        let cases = [
+            ("javascript:alert(1)", Scheme),
+            ("data:text/html,hi", Scheme),
+            ("ftp://example.com/", Scheme),
+            ("/relative/path", NotAbsolute),
+            ("//evil.example/path", NotAbsolute),
+            ("example.com", NotAbsolute),
+            ("https://user@example.com/", UserInfo),
+            ("https://user:pw@example.com/", UserInfo),
+            ("https://example.com/\r\nSet-Cookie: x=1", ControlCharacters),
+            ("https://example.com/\0", ControlCharacters),
+            ("https://example.com/\t", ControlCharacters),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_destination(input), Err(want), "{input:?}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert_eq!(normalize_destination(&long), Err(TooLong));
+    }
+
+    #[test]
+    fn codes_follow_the_contract_alphabet() {
+        assert!(is_valid_code("a"));
+        assert!(is_valid_code("Promo-2026"));
+        assert!(is_valid_code(&"x".repeat(64)));
+        for bad in ["", "_x", "a_b", "a/b", "a.b", "ü", "a b", "a%20"] {
+            assert!(!is_valid_code(bad), "{bad:?}");
+        }
+        assert!(!is_valid_code(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn random_codes_are_base62_of_the_asked_length() {
+        let c = random_code(8);
+        assert_eq!(c.len(), 8);
+        assert!(c.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(random_code(8), random_code(8));
+    }
+
+    proptest! {
+        #[test]
+        fn code_validation_matches_its_definition(s in "\\PC{0,70}") {
+            let expected = (1..=64).contains(&s.len())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            prop_assert_eq!(is_valid_code(&s), expected);
+        }
+
+        #[test]
+        fn normalised_destinations_are_fixed_points_and_safe(s in "https?://[a-z]{1,10}\\.[a-z]{2,3}(/[ -~]{0,40})?") {
+            if let Ok(n) = normalize_destination(&s) {
+                prop_assert_eq!(normalize_destination(&n), Ok(n.clone()));
+                prop_assert!(n.len() <= MAX_DESTINATION_BYTES);
+                prop_assert!(n.bytes().all(|b| b.is_ascii_graphic()));
+                prop_assert!(http::HeaderValue::from_str(&n).is_ok());
+            }
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(s in "\\PC{0,200}") {
+            let _ = normalize_destination(&s);
+        }
+    }
+}

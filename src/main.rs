@@ -1,0 +1,153 @@
+//! The `clickedge` command line: parse, load config, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use clickedge::config::Config;
+use clickedge::links::SharedLinkTable;
+use clickedge::store::Store;
+use clickedge::tokens;
+
+#[derive(Parser)]
+#[command(name = "clickedge", version, about = "Click-tracking redirect edge")]
+struct Cli {
+    /// Config file (TOML). Without one, the embedded defaults apply.
+    #[arg(long, global = true, env = "CLICKEDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge, the admin API and metrics in one process.
+    Serve,
+    /// Create, list and revoke admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Validate the configuration and print the effective values.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token; the token is printed alone on the last line of stdout.
+    Create {
+        /// Tenant the token is scoped to; `*` for an admin token.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List tokens (ids and tenants, never the tokens).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clickedge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        Command::Token(cmd) => token(&config, cmd),
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clickedge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    clickedge::telemetry::init_tracing(&config.log);
+    let metrics = clickedge::telemetry::install_metrics()
+        .map_err(anyhow::Error::msg)
+        .context("installing the metrics recorder")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("clickedge");
+    if let Some(n) = config.edge.workers {
+        rt.worker_threads(n.get());
+    }
+    let rt = rt.build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        clickedge::app::serve(config, Some(metrics), shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(
+        &config.data_dir,
+        config.links.random_code_len,
+        Arc::new(SharedLinkTable::default()),
+        false,
+    )?;
+    match cmd {
+        TokenCommand::Create { tenant } => {
+            anyhow::ensure!(
+                tokens::is_valid_tenant(&tenant),
+                "tenant must be `*` or 1-64 chars of [A-Za-z0-9._-]"
+            );
+            let new = tokens::mint(&tenant, chrono::Utc::now());
+            store.add_token(new.record.clone())?;
+            println!(
+                "{}",
+                serde_json::json!({"id": new.record.id, "tenant": new.record.tenant})
+            );
+            println!("{}", new.secret);
+        }
+        TokenCommand::List => {
+            for t in store.list_tokens() {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": t.id,
+                        "tenant": t.tenant,
+                        "created_at": clickedge::time::rfc3339(t.created_at.timestamp_millis()),
+                        "revoked": t.revoked,
+                    })
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let t = store
+                .revoke_token(&id)
+                .with_context(|| format!("no live token with id {id}"))?;
+            println!("{}", serde_json::json!({"id": t.id, "revoked": true}));
+        }
+    }
+    Ok(())
+}

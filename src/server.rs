@@ -1,0 +1,139 @@
+//! HTTP plumbing shared by the edge and admin listeners: binding, the
+//! connection limit, hyper's limits in one place, and graceful shutdown.
+//!
+//! Shutdown order: stop accepting → ask every connection to finish its
+//! in-flight requests (`GracefulShutdown`) → wait up to the grace period →
+//! return, so the caller can flush the click log.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+
+/// Accept backlog for both listeners.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Pause after an accept error (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Concurrent h2 streams per connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// h2 streams a client may reset before its connection is closed.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 64;
+
+pub type Body = Full<Bytes>;
+
+/// The limits every connection of one listener gets.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Binds a listener with `SO_REUSEADDR` (fast restarts) and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_header_list_size(limits.max_header_bytes as u32);
+    b
+}
+
+/// Serves `listener` until `shutdown`, then drains connections gracefully.
+/// `handler` is called per request with the peer address.
+pub async fn serve<H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let builder = builder(&limits);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the limit: close at once rather than queue without bound.
+            telemetry::connection_rejected(name);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        telemetry::connection_opened(name);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            }
+            telemetry::connection_closed(name);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            tracing::info!(listener = name, "all connections finished");
+        }
+        _ = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(listener = name, "grace period over; closing remaining connections");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Metrics and logging set-up, and the one place that names every metric.
+//!
+//! Hot-path metrics are registered once into handles ([`EdgeMetrics`]);
+//! everything else goes through the small functions below, so each
+//! observable event has its name, labels and log line defined here.
+//! Labels never carry a raw IP, a token or a secret.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::clicklog::Recorded;
+use crate::config::{LogConfig, LogFormat, OverflowPolicy};
+
+pub const HTTP_REQUESTS: &str = "clickedge_http_requests_total";
+pub const REDIRECT_DURATION: &str = "clickedge_redirect_duration_seconds";
+pub const LINK_TABLE_SIZE: &str = "clickedge_link_table_size";
+pub const LINK_TABLE_SWAPS: &str = "clickedge_link_table_swaps_total";
+pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
+pub const CONNECTIONS_REJECTED: &str = "clickedge_connections_rejected_total";
+pub const CLICKLOG_QUEUE_DEPTH: &str = "clickedge_clicklog_queue_depth";
+pub const CLICKLOG_EVENTS: &str = "clickedge_clicklog_events_total";
+pub const CLICKLOG_BYTES: &str = "clickedge_clicklog_bytes_total";
+pub const CLICKLOG_FSYNC: &str = "clickedge_clicklog_fsync_duration_seconds";
+pub const CLICKLOG_OVERFLOW: &str = "clickedge_clicklog_overflow_total";
+pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
+pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+    0.025, 0.05, 0.1,
+];
+const FSYNC_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Installs the Prometheus recorder; the handle renders `/metrics`.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLICKLOG_FSYNC.into()), FSYNC_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    Ok(handle)
+}
+
+/// Logs go to stderr, one line per event, text or JSON.
+pub fn init_tracing(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Pre-registered handles for the redirect path.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    redirect: [Counter; 4],
+    pub not_found: Counter,
+    pub gone: Counter,
+    pub method_not_allowed: Counter,
+    pub bad_request: Counter,
+    pub unavailable: Counter,
+    pub reserved: Counter,
+    pub duration: Histogram,
+}
+
+impl EdgeMetrics {
+    pub fn register() -> EdgeMetrics {
+        let c = |route: &'static str, status: &'static str| {
+            counter!(HTTP_REQUESTS, "listener" => "edge", "route" => route, "status" => status)
+        };
+        EdgeMetrics {
+            redirect: [
+                c("redirect", "301"),
+                c("redirect", "302"),
+                c("redirect", "307"),
+                c("redirect", "308"),
+            ],
+            not_found: c("redirect", "404"),
+            gone: c("redirect", "410"),
+            method_not_allowed: c("redirect", "405"),
+            bad_request: c("redirect", "400"),
+            unavailable: c("redirect", "503"),
+            reserved: c("reserved", "404"),
+            duration: histogram!(REDIRECT_DURATION),
+        }
+    }
+
+    pub fn redirected(&self, status: http::StatusCode) -> &Counter {
+        match status.as_u16() {
+            301 => &self.redirect[0],
+            307 => &self.redirect[2],
+            308 => &self.redirect[3],
+            _ => &self.redirect[1],
+        }
+    }
+}
+
+pub fn admin_request(route: &'static str, status: u16) {
+    counter!(HTTP_REQUESTS, "listener" => "admin", "route" => route, "status" => status.to_string())
+        .increment(1);
+}
+
+pub fn connection_opened(listener: &'static str) {
+    gauge!(CONNECTIONS_ACTIVE, "listener" => listener).increment(1.0);
+}
+
+pub fn connection_closed(listener: &'static str) {
+    gauge!(CONNECTIONS_ACTIVE, "listener" => listener).decrement(1.0);
+}
+
+pub fn connection_rejected(listener: &'static str) {
+    counter!(CONNECTIONS_REJECTED, "listener" => listener).increment(1);
+}
+
+pub fn link_table_swapped(len: usize) {
+    counter!(LINK_TABLE_SWAPS).increment(1);
+    gauge!(LINK_TABLE_SIZE).set(len as f64);
+}
+
+pub fn clicklog_overflow(policy: OverflowPolicy, outcome: Recorded) {
+    let outcome = match outcome {
+        Recorded::Queued => "waited",
+        Recorded::Dropped => "dropped",
+        Recorded::Refused => "refused",
+    };
+    counter!(CLICKLOG_OVERFLOW, "policy" => policy.as_str(), "outcome" => outcome).increment(1);
+    if outcome == "dropped" {
+        tracing::warn!(policy = policy.as_str(), "clicklog: queue full, click event dropped");
+    }
+}
+
+pub fn clicklog_queue_depth(depth: usize) {
+    gauge!(CLICKLOG_QUEUE_DEPTH).set(depth as f64);
+}
+
+pub fn clicklog_written(bytes: usize) {
+    counter!(CLICKLOG_BYTES).increment(bytes as u64);
+}
+
+pub fn clicklog_events(n: u64) {
+    counter!(CLICKLOG_EVENTS).increment(n);
+}
+
+pub fn clicklog_fsynced(took: Duration) {
+    histogram!(CLICKLOG_FSYNC).record(took.as_secs_f64());
+}
+
+pub fn clicklog_write_failed(e: &std::io::Error) {
+    counter!(CLICKLOG_WRITE_ERRORS).increment(1);
+    tracing::error!(error = %e, "clicklog: write failed; retrying, batch kept");
+}
+
+pub fn clicklog_segments(n: usize) {
+    gauge!(CLICKLOG_SEGMENTS).set(n as f64);
+}

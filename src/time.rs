@@ -1,0 +1,54 @@
+//! Clock and time-format helpers: one place that reads the wall clock.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC with a `Z`, seconds precision.
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Which end of a range a value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeEnd {
+    From,
+    /// A date `to` is inclusive: it means the end of that day.
+    To,
+}
+
+/// Parses an RFC 3339 timestamp or a UTC date `YYYY-MM-DD` into unix ms.
+pub fn parse_range_bound(s: &str, end: RangeEnd) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    let date = match end {
+        RangeEnd::From => date,
+        RangeEnd::To => date.succ_opt()?,
+    };
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_timestamps_parse_and_to_dates_are_inclusive() {
+        let from = parse_range_bound("2026-11-01", RangeEnd::From).unwrap();
+        let to = parse_range_bound("2026-11-01", RangeEnd::To).unwrap();
+        assert_eq!(to - from, 86_400_000);
+        assert_eq!(rfc3339(from), "2026-11-01T00:00:00Z");
+        assert_eq!(
+            parse_range_bound("2026-11-01T10:00:00+01:00", RangeEnd::To).unwrap(),
+            from + 9 * 3_600_000
+        );
+        assert!(parse_range_bound("yesterday", RangeEnd::From).is_none());
+        assert!(parse_range_bound("2026-13-01", RangeEnd::From).is_none());
+    }
+}
