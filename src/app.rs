@@ -72,7 +72,7 @@ pub async fn serve(
         path: data_dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
+    crate::fsutil::create_private_dir(&data_dir).map_err(dir_err)?;
     let lock = File::create(data_dir.join(LOCK_FILE)).map_err(dir_err)?;
     if lock.try_lock().is_err() {
         return Err(ServeError::DataDirBusy(data_dir.display().to_string()));

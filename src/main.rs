@@ -107,7 +107,7 @@ async fn wait_for_signal() {
 }
 
 fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    clickedge::fsutil::create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(
         &config.data_dir,

@@ -169,7 +169,7 @@ impl StatsIndex {
                         skipped += 1;
                         return;
                     }
-                    self.record(ev.code, ev.ts.0, ev.bot, u64::from_le_bytes(key));
+                    self.record(&ev.code, ev.ts.0, ev.bot, u64::from_le_bytes(key));
                 }
                 Err(_) => skipped += 1,
             }

@@ -1,6 +1,6 @@
 //! The click-log writer thread: queue → JSON lines → segment → fsync.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +64,7 @@ pub fn spawn_writer(
     stats: Arc<StatsIndex>,
 ) -> std::io::Result<(ClickLog, WriterHandle)> {
     let dir = cfg.data_dir.join(segments::DIR_NAME);
-    std::fs::create_dir_all(&dir)?;
+    crate::fsutil::create_private_dir(&dir)?;
     let seqs = segments::list(&dir)?;
     let (seq, len) = match seqs.last() {
         Some(&seq) => (seq, segments::repair_tail(&segments::segment_path(&dir, seq))?),
@@ -285,7 +285,7 @@ impl Writer {
 
 fn open_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
     let path = segments::segment_path(dir, seq);
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file = crate::fsutil::open_private_append(&path)?;
     crate::fsutil::sync_parent(&path)?;
     Ok(file)
 }

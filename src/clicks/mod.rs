@@ -7,6 +7,7 @@ pub mod bots;
 pub mod id;
 pub mod iphash;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -90,18 +91,18 @@ impl ClickEvent {
         hex::encode_to_slice(self.ip_hash.digest, &mut hex).expect("32 hex chars");
         let wire = WireClick {
             v: EVENT_VERSION,
-            click_id: self.click_id.as_str(),
+            click_id: Cow::Borrowed(self.click_id.as_str()),
             ts: Rfc3339Millis(self.ts_ms),
-            tenant: &self.link.record.tenant,
-            code: &self.link.record.code,
-            destination: &self.link.record.destination,
-            ip_hash: std::str::from_utf8(&hex).expect("hex is ASCII"),
-            user_agent: self.user_agent(),
-            referer: self.referer(),
-            sub: self.sub(),
+            tenant: Cow::Borrowed(&self.link.record.tenant),
+            code: Cow::Borrowed(&self.link.record.code),
+            destination: Cow::Borrowed(&self.link.record.destination),
+            ip_hash: Cow::Borrowed(std::str::from_utf8(&hex).expect("hex is ASCII")),
+            user_agent: Cow::Borrowed(self.user_agent()),
+            referer: Cow::Borrowed(self.referer()),
+            sub: Cow::Borrowed(self.sub()),
             bot: bot.is_some(),
-            bot_reason: bot.map(BotReason::as_str),
-            edge_node,
+            bot_reason: bot.map(|b| Cow::Borrowed(b.as_str())),
+            edge_node: Cow::Borrowed(edge_node),
             salt_epoch: self.ip_hash.epoch,
         };
         serde_json::to_writer(&mut *out, &wire).expect("writing to a Vec cannot fail");
@@ -114,18 +115,29 @@ impl ClickEvent {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireClick<'a> {
     pub v: u8,
-    pub click_id: &'a str,
+    #[serde(borrow)]
+    pub click_id: Cow<'a, str>,
     pub ts: Rfc3339Millis,
-    pub tenant: &'a str,
-    pub code: &'a str,
-    pub destination: &'a str,
-    pub ip_hash: &'a str,
-    pub user_agent: &'a str,
-    pub referer: &'a str,
-    pub sub: &'a str,
+    #[serde(borrow)]
+    pub tenant: Cow<'a, str>,
+    #[serde(borrow)]
+    pub code: Cow<'a, str>,
+    #[serde(borrow)]
+    pub destination: Cow<'a, str>,
+    #[serde(borrow)]
+    pub ip_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    pub user_agent: Cow<'a, str>,
+    #[serde(borrow)]
+    pub referer: Cow<'a, str>,
+    #[serde(borrow)]
+    pub sub: Cow<'a, str>,
     pub bot: bool,
-    pub bot_reason: Option<&'a str>,
-    pub edge_node: &'a str,
+    #[serde(borrow)]
+    pub bot_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub edge_node: Cow<'a, str>,
+    #[serde(default)]
     pub salt_epoch: u64,
 }
 
@@ -230,6 +242,7 @@ mod tests {
         assert_eq!(v["edge_node"], "node-1");
         let back: WireClick<'_> = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
         assert_eq!(back.ts, Rfc3339Millis(1_790_000_000_123));
+        assert_eq!(back.user_agent, "Mozilla/5.0 \"quoted\"");
     }
 
     #[test]

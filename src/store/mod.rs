@@ -15,7 +15,7 @@
 mod record_log;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -436,7 +436,6 @@ impl Inner {
 
     /// Rewrites the file with only current states: temp file, fsync, rename.
     fn compact(&mut self, path: &Path) -> Result<(), StoreError> {
-        let tmp = path.with_extension("log.compact");
         let mut buf = Vec::new();
         let mut count = 0;
         for l in self.links.values() {
@@ -450,11 +449,7 @@ impl Inner {
             count += 1;
         }
         let io = io_err(path);
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&buf).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        sync_dir(path)?;
+        crate::fsutil::write_atomic(path, &buf).map_err(io)?;
         tracing::info!(before = self.records, after = count, "store: compacted");
         self.file = open_append(path)?;
         self.file.lock().map_err(io_err(path))?;
@@ -467,19 +462,7 @@ impl Inner {
 }
 
 fn open_append(path: &Path) -> Result<File, StoreError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(path)
-        .map_err(io_err(path))
-}
-
-fn sync_dir(path: &Path) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::fsutil::open_private_append(path).map_err(io_err(path))
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
