@@ -1,1 +1,71 @@
-fn main(){}
+//! Redirect-path micro-benchmarks.
+//!
+//! Targets (issue 2): the full redirect decision — lookup, click id, IP hash,
+//! `Location`, cookie and event encoding — at most 1 µs per request; and the
+//! cost of publishing a change to a 1M-link table (a persistent map: one
+//! O(log n) path copy, not a rebuild).
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use clickedge::clicks::BotClassifier;
+use clickedge::edge::redirect::{decide, Decision};
+use clickedge::links::{Link, SharedLinkTable};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+#[path = "support/mod.rs"]
+mod support;
+
+fn redirect_decision(c: &mut Criterion) {
+    let fx = support::fixture(100_000);
+    let req = support::request("c0004242");
+    let ip: IpAddr = "203.0.113.77".parse().unwrap();
+    let classifier = BotClassifier::default();
+    let mut buf = Vec::with_capacity(4096);
+    let now = clickedge::time::now_ms();
+    c.bench_function("redirect_decision_and_event_encode", |b| {
+        b.iter(|| {
+            let Decision::Redirect {
+                event,
+                location,
+                cookie,
+                ..
+            } = decide(&fx.edge, &req, ip, now)
+            else {
+                panic!("expected a redirect")
+            };
+            buf.clear();
+            let bot = classifier.classify(event.user_agent(), event.signals);
+            event.encode_json(bot, "bench", &mut buf);
+            black_box((location, cookie, &buf));
+        })
+    });
+    c.bench_function("redirect_decision_only", |b| {
+        b.iter(|| black_box(decide(&fx.edge, &req, ip, now)))
+    });
+}
+
+fn table_at_one_million(c: &mut Criterion) {
+    let shared = SharedLinkTable::default();
+    shared.replace(support::table(1_000_000));
+    let mut g = c.benchmark_group("table_1m");
+    g.bench_function("lookup", |b| {
+        b.iter(|| black_box(shared.load().get(black_box("c0777777")).is_some()))
+    });
+    let mut i = 0u64;
+    g.bench_function("publish_one_change", |b| {
+        b.iter(|| {
+            i += 1;
+            let rec = support::record(format!("c{:07}", i % 1_000_000), "https://changed.example/");
+            shared.update([Link::compile(rec)])
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = redirect_decision, table_at_one_million
+}
+criterion_main!(benches);

@@ -33,7 +33,9 @@ const SALT_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("full mode ([kafka]) is not available in this build yet; remove [kafka] to run embedded")]
+    #[error(
+        "full mode ([kafka]) is not available in this build yet; remove [kafka] to run embedded"
+    )]
     FullModeUnavailable,
     #[error("data_dir {path}: {source}")]
     DataDir {
@@ -170,7 +172,11 @@ pub async fn serve(
         shutdown.clone(),
         move |req, _peer| crate::admin::handle(admin.clone(), req),
     ));
-    tasks.spawn(poll_store(store, config.links.reload_interval, shutdown.clone()));
+    tasks.spawn(poll_store(
+        store,
+        config.links.reload_interval,
+        shutdown.clone(),
+    ));
     tasks.spawn(tick_salts(salts, shutdown.clone()));
     tasks.close();
     tracing::info!(node = %config.edge.node_id, "clickedge serving (embedded mode)");
@@ -189,7 +195,9 @@ pub async fn serve(
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     let listener = server::bind(addr).map_err(|source| ServeError::Bind { key, addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind { key, addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { key, addr, source })?;
     // Tests and scripts read this line to learn ephemeral ports.
     tracing::info!(listener = key, addr = %local, "listening");
     Ok(listener)

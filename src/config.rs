@@ -532,7 +532,10 @@ fn validate_clicklog(raw: RawClickLog) -> Result<ClickLogConfig, ConfigError> {
     };
     let fsync_interval = millis("clicklog.fsync_interval_ms", raw.fsync_interval_ms)?;
     if fsync_interval > Duration::from_secs(10) {
-        return Err(invalid("clicklog.fsync_interval_ms", "must be at most 10000"));
+        return Err(invalid(
+            "clicklog.fsync_interval_ms",
+            "must be at most 10000",
+        ));
     }
     Ok(ClickLogConfig {
         queue_capacity: NonZeroUsize::new(raw.queue_capacity)
@@ -607,8 +610,9 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         assert!(err_of("[edge]\nlisten = \"nope\"").contains("edge.listen"));
-        assert!(err_of("[edge]\ntrusted_proxies = [\"10.0.0.0/33\"]")
-            .contains("edge.trusted_proxies"));
+        assert!(
+            err_of("[edge]\ntrusted_proxies = [\"10.0.0.0/33\"]").contains("edge.trusted_proxies")
+        );
         assert!(err_of("[privacy]\nsalt_rotation = \"soon\"").contains("privacy.salt_rotation"));
         assert!(err_of("[clicklog]\noverflow = \"maybe\"").contains("clicklog.overflow"));
         assert!(err_of("[cookie]\nname = \"a b\"").contains("cookie.name"));
@@ -622,6 +626,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own Error
     fn env_overrides_nested_keys() {
         let env = Env::prefixed("CET_TEST_A_");
         // Env is read lazily from the process environment; Jail restores it.

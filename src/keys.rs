@@ -89,10 +89,13 @@ impl MasterKey {
     }
 
     fn read(path: &Path) -> Result<MasterKey, KeyError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            );
         Self::parse(text.trim(), &path.display().to_string())
     }
 

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// h2 streams a client may reset before its connection is closed.
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 64;
+/// h2 PING interval and answer deadline, so dead peers free their slot.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 pub type Body = Full<Bytes>;
 
@@ -71,7 +74,9 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE);
     b
 }
 
@@ -110,7 +115,12 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        // hyper's version sniff (h1 or the h2 preface) has no deadline of its
+        // own, so a client that sends nothing would hold its slot forever.
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&first_request);
         let service = hyper::service::service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
@@ -119,8 +129,21 @@ pub async fn serve<H, F>(
             .into_owned();
         let conn = graceful.watch(conn);
         telemetry::connection_opened(name);
+        let first_deadline = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = tokio::time::sleep(first_deadline) => {
+                    if first_request.load(Ordering::Relaxed) {
+                        conn.as_mut().await
+                    } else {
+                        telemetry::connection_timed_out(name);
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
             telemetry::connection_closed(name);

@@ -146,9 +146,8 @@ impl StatsIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Position::default()),
             Err(e) => return Err(e),
         };
-        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-            std::io::Error::other(format!("{}: {e}", path.display()))
-        })?;
+        let snap: Snapshot = serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
         self.links.clear();
         for (code, stats) in snap.links {
             self.links.insert(code, stats);
@@ -175,7 +174,10 @@ impl StatsIndex {
             }
         })?;
         if skipped > 0 {
-            tracing::warn!(skipped, "stats: unreadable click-log lines skipped in replay");
+            tracing::warn!(
+                skipped,
+                "stats: unreadable click-log lines skipped in replay"
+            );
         }
         Ok(end)
     }
@@ -196,7 +198,8 @@ impl StatsIndex {
                 links.insert(entry.key().clone(), entry.value().clone());
             }
         }
-        let bytes = serde_json::to_vec(&Snapshot { watermark, links }).map_err(std::io::Error::other)?;
+        let bytes =
+            serde_json::to_vec(&Snapshot { watermark, links }).map_err(std::io::Error::other)?;
         crate::fsutil::write_atomic(&data_dir.join(SNAPSHOT_FILE), &bytes)
     }
 }
@@ -231,7 +234,10 @@ mod tests {
         let (day, series) = s.query("a", T0, T0 + 2 * DAY_MS, Interval::Day);
         assert_eq!(day, total);
         assert_eq!(series.len(), 2);
-        assert_eq!(s.query("none", T0, T0 + DAY_MS, Interval::Day).0, Counts::default());
+        assert_eq!(
+            s.query("none", T0, T0 + DAY_MS, Interval::Day).0,
+            Counts::default()
+        );
     }
 
     #[test]

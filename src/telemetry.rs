@@ -19,6 +19,7 @@ pub const LINK_TABLE_SIZE: &str = "clickedge_link_table_size";
 pub const LINK_TABLE_SWAPS: &str = "clickedge_link_table_swaps_total";
 pub const CONNECTIONS_ACTIVE: &str = "clickedge_connections_active";
 pub const CONNECTIONS_REJECTED: &str = "clickedge_connections_rejected_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "clickedge_connections_timed_out_total";
 pub const CLICKLOG_QUEUE_DEPTH: &str = "clickedge_clicklog_queue_depth";
 pub const CLICKLOG_EVENTS: &str = "clickedge_clicklog_events_total";
 pub const CLICKLOG_BYTES: &str = "clickedge_clicklog_bytes_total";
@@ -28,8 +29,8 @@ pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1,
 ];
 const FSYNC_BUCKETS: &[f64] = &[
     0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -75,9 +76,7 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     pub fn register() -> EdgeMetrics {
-        let c = |route: &'static str, status: &'static str| {
-            counter!(HTTP_REQUESTS, "listener" => "edge", "route" => route, "status" => status)
-        };
+        let c = |route: &'static str, status: &'static str| counter!(HTTP_REQUESTS, "listener" => "edge", "route" => route, "status" => status);
         EdgeMetrics {
             redirect: [
                 c("redirect", "301"),
@@ -122,6 +121,11 @@ pub fn connection_rejected(listener: &'static str) {
     counter!(CONNECTIONS_REJECTED, "listener" => listener).increment(1);
 }
 
+/// A connection closed because no request arrived within the header timeout.
+pub fn connection_timed_out(listener: &'static str) {
+    counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).increment(1);
+}
+
 pub fn link_table_swapped(len: usize) {
     counter!(LINK_TABLE_SWAPS).increment(1);
     gauge!(LINK_TABLE_SIZE).set(len as f64);
@@ -135,7 +139,10 @@ pub fn clicklog_overflow(policy: OverflowPolicy, outcome: Recorded) {
     };
     counter!(CLICKLOG_OVERFLOW, "policy" => policy.as_str(), "outcome" => outcome).increment(1);
     if outcome == "dropped" {
-        tracing::warn!(policy = policy.as_str(), "clicklog: queue full, click event dropped");
+        tracing::warn!(
+            policy = policy.as_str(),
+            "clicklog: queue full, click event dropped"
+        );
     }
 }
 

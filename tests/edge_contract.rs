@@ -11,7 +11,10 @@ async fn setup(server: &Server) -> Api<'_> {
 }
 
 async fn wait_for_events(server: &Server, n: usize) -> Vec<serde_json::Value> {
-    let ok = eventually(Duration::from_secs(5), || server.click_log_lines().len() >= n).await;
+    let ok = eventually(Duration::from_secs(5), || {
+        server.click_log_lines().len() >= n
+    })
+    .await;
     assert!(ok, "expected {n} click events");
     server.click_log_lines()
 }
@@ -56,7 +59,11 @@ async fn each_link_answers_its_own_redirect_status() {
         let code = format!("s{status}");
         api.link(json!({"code": code, "destination": "https://x.example/", "redirect": status}))
             .await;
-        let resp = client().get(server.edge_url(&format!("/{code}"))).send().await.unwrap();
+        let resp = client()
+            .get(server.edge_url(&format!("/{code}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), status);
     }
 }
@@ -86,7 +93,13 @@ async fn query_parameters_pass_through_and_the_destination_wins() {
 #[tokio::test]
 async fn unknown_codes_are_404_and_not_cached() {
     let server = Server::start();
-    for path in ["/nope", "/", "/a_b", "/a/b", &format!("/{}", "x".repeat(65))] {
+    for path in [
+        "/nope",
+        "/",
+        "/a_b",
+        "/a/b",
+        &format!("/{}", "x".repeat(65)),
+    ] {
         let r = client().get(server.edge_url(path)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         assert_eq!(r.headers()["cache-control"], "private, no-store");
@@ -97,11 +110,18 @@ async fn unknown_codes_are_404_and_not_cached() {
 async fn disabled_deleted_and_expired_links_are_gone() {
     let server = Server::start();
     let api = setup(&server).await;
-    api.link(json!({"code": "off", "destination": "https://x.example/"})).await;
-    api.link(json!({"code": "del", "destination": "https://x.example/"})).await;
+    api.link(json!({"code": "off", "destination": "https://x.example/"}))
+        .await;
+    api.link(json!({"code": "del", "destination": "https://x.example/"}))
+        .await;
     api.link(json!({"code": "old", "destination": "https://x.example/", "expires_at": "2020-01-01T00:00:00Z"}))
         .await;
-    assert_eq!(api.patch("/v1/links/off", json!({"disabled": true})).await.0, 200);
+    assert_eq!(
+        api.patch("/v1/links/off", json!({"disabled": true}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(api.delete("/v1/links/del").await.0, 204);
     for code in ["off", "del", "old"] {
         let url = server.edge_url(&format!("/{code}"));
@@ -115,7 +135,8 @@ async fn disabled_deleted_and_expired_links_are_gone() {
 async fn other_methods_get_405_with_allow_and_reserved_paths_404() {
     let server = Server::start();
     let api = setup(&server).await;
-    api.link(json!({"code": "m", "destination": "https://x.example/"})).await;
+    api.link(json!({"code": "m", "destination": "https://x.example/"}))
+        .await;
     for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
         let r = client()
             .request(method.parse().unwrap(), server.edge_url("/m"))
@@ -134,7 +155,8 @@ async fn other_methods_get_405_with_allow_and_reserved_paths_404() {
 async fn every_redirect_is_recorded_with_the_contract_fields_and_no_raw_ip() {
     let server = Server::start();
     let api = setup(&server).await;
-    api.link(json!({"code": "rec", "destination": "https://x.example/"})).await;
+    api.link(json!({"code": "rec", "destination": "https://x.example/"}))
+        .await;
     let r = client()
         .get(server.edge_url("/rec?sub=s1"))
         .header("user-agent", BROWSER_UA)
@@ -162,7 +184,11 @@ async fn every_redirect_is_recorded_with_the_contract_fields_and_no_raw_ip() {
     // The raw client IP appears in no file of the data dir.
     for entry in walk(&server.data_dir) {
         let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
-        assert!(!text.contains("127.0.0.1"), "{} holds a raw IP", entry.display());
+        assert!(
+            !text.contains("127.0.0.1"),
+            "{} holds a raw IP",
+            entry.display()
+        );
     }
 }
 
@@ -183,9 +209,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn bots_previews_prefetches_and_head_are_redirected_but_classified() {
     let server = Server::start();
     let api = setup(&server).await;
-    api.link(json!({"code": "b", "destination": "https://x.example/"})).await;
-    let cases: [(&str, &str, Option<(&str, &str)>); 5] = [
-        ("GET", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", None),
+    api.link(json!({"code": "b", "destination": "https://x.example/"}))
+        .await;
+    type Header<'a> = Option<(&'a str, &'a str)>;
+    let cases: [(&str, &str, Header); 5] = [
+        (
+            "GET",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            None,
+        ),
         ("GET", "facebookexternalhit/1.1", None),
         ("GET", BROWSER_UA, Some(("sec-purpose", "prefetch"))),
         ("HEAD", BROWSER_UA, None),
@@ -201,7 +233,10 @@ async fn bots_previews_prefetches_and_head_are_redirected_but_classified() {
         assert_eq!(req.send().await.unwrap().status(), 302);
     }
     let events = wait_for_events(&server, 5).await;
-    let reasons: Vec<_> = events.iter().map(|e| (e["bot"].clone(), e["bot_reason"].clone())).collect();
+    let reasons: Vec<_> = events
+        .iter()
+        .map(|e| (e["bot"].clone(), e["bot_reason"].clone()))
+        .collect();
     assert_eq!(
         reasons,
         vec![
@@ -222,7 +257,8 @@ async fn bots_previews_prefetches_and_head_are_redirected_but_classified() {
 async fn forwarded_for_counts_only_from_trusted_proxies() {
     async fn hashes(server: &Server) -> (String, String) {
         let api = Api::new(server, server.token("acme"));
-        api.link(json!({"code": "x", "destination": "https://x.example/"})).await;
+        api.link(json!({"code": "x", "destination": "https://x.example/"}))
+            .await;
         for xff in ["203.0.113.1", "203.0.113.2"] {
             client()
                 .get(server.edge_url("/x"))
@@ -242,14 +278,18 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     assert_eq!(a, b, "X-Forwarded-For from an untrusted peer is ignored");
     let trusted = Server::start_with(&[("CLICKEDGE_EDGE__TRUSTED_PROXIES", "[\"127.0.0.0/8\"]")]);
     let (a, b) = hashes(&trusted).await;
-    assert_ne!(a, b, "X-Forwarded-For from a trusted proxy names the client");
+    assert_ne!(
+        a, b,
+        "X-Forwarded-For from a trusted proxy names the client"
+    );
 }
 
 #[tokio::test]
 async fn click_ids_are_unique_and_time_ordered() {
     let server = Server::start();
     let api = setup(&server).await;
-    api.link(json!({"code": "u", "destination": "https://x.example/?c={click_id}"})).await;
+    api.link(json!({"code": "u", "destination": "https://x.example/?c={click_id}"}))
+        .await;
     let mut ids = Vec::new();
     for _ in 0..50 {
         let r = client().get(server.edge_url("/u")).send().await.unwrap();

@@ -32,7 +32,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> ApiError {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn method_not_allowed() -> ApiError {

@@ -150,7 +150,11 @@ impl Admin {
         Ok(self.view(rec))
     }
 
-    pub(super) fn batch(&self, who: &Principal, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    pub(super) fn batch(
+        &self,
+        who: &Principal,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Batch {
@@ -222,33 +226,31 @@ impl Admin {
             None => None,
         };
         let tags = body.tags.map(tags).transpose()?;
-        let rec = self
-            .store
-            .update_link::<ApiError>(code, |l| {
-                if !who.can_see(&l.tenant) {
-                    return Err(ApiError::not_found("link"));
-                }
-                if let Some(d) = destination {
-                    l.destination = d;
-                }
-                if let Some(r) = redirect {
-                    l.redirect = r;
-                }
-                if let Some(e) = expires {
-                    l.expires_at = e;
-                }
-                if let Some(t) = tags {
-                    l.tags = t;
-                }
-                if let Some(d) = body.disabled {
-                    l.disabled = d;
-                }
-                if let Some(p) = body.passthrough {
-                    l.passthrough = p;
-                }
-                l.updated_at = Utc::now();
-                Ok(())
-            })?;
+        let rec = self.store.update_link::<ApiError>(code, |l| {
+            if !who.can_see(&l.tenant) {
+                return Err(ApiError::not_found("link"));
+            }
+            if let Some(d) = destination {
+                l.destination = d;
+            }
+            if let Some(r) = redirect {
+                l.redirect = r;
+            }
+            if let Some(e) = expires {
+                l.expires_at = e;
+            }
+            if let Some(t) = tags {
+                l.tags = t;
+            }
+            if let Some(d) = body.disabled {
+                l.disabled = d;
+            }
+            if let Some(p) = body.passthrough {
+                l.passthrough = p;
+            }
+            l.updated_at = Utc::now();
+            Ok(())
+        })?;
         Ok(self.view(rec))
     }
 
@@ -278,9 +280,7 @@ impl Admin {
                         .parse()
                         .ok()
                         .filter(|n| (1..=MAX_PAGE).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::bad_query(format!("limit must be 1-{MAX_PAGE}"))
-                        })?
+                        .ok_or_else(|| ApiError::bad_query(format!("limit must be 1-{MAX_PAGE}")))?
                 }
                 "cursor" => {
                     let code = data_encoding::BASE64URL_NOPAD
@@ -367,7 +367,8 @@ fn bound(v: &str, end: RangeEnd, name: &str) -> Result<i64, ApiError> {
 }
 
 fn destination(input: &str) -> Result<String, ApiError> {
-    normalize_destination(input).map_err(|e| ApiError::invalid("invalid_destination", e.to_string()))
+    normalize_destination(input)
+        .map_err(|e| ApiError::invalid("invalid_destination", e.to_string()))
 }
 
 fn redirect(status: u16) -> Result<u16, ApiError> {

@@ -42,17 +42,18 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (route, result) = match tokio::time::timeout(admin.request_timeout, route(&admin, req)).await {
-        Ok(routed) => routed,
-        Err(_) => (
-            "timeout",
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+    let (route, result) =
+        match tokio::time::timeout(admin.request_timeout, route(&admin, req)).await {
+            Ok(routed) => routed,
+            Err(_) => (
                 "timeout",
-                "the request took too long",
-            )),
-        ),
-    };
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the request took too long",
+                )),
+            ),
+        };
     let resp = result.unwrap_or_else(ApiError::into_response);
     telemetry::admin_request(route, resp.status().as_u16());
     resp
@@ -68,9 +69,15 @@ where
     let query = req.uri().query().map(str::to_owned);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz"] => ("healthz", only_get(&method).map(|()| ok_json(serde_json::json!({"status": "ok"})))),
+        ["healthz"] => (
+            "healthz",
+            only_get(&method).map(|()| ok_json(serde_json::json!({"status": "ok"}))),
+        ),
         ["readyz"] => ("readyz", only_get(&method).map(|()| admin.readiness())),
-        ["metrics"] => ("metrics", only_get(&method).map(|()| admin.render_metrics())),
+        ["metrics"] => (
+            "metrics",
+            only_get(&method).map(|()| admin.render_metrics()),
+        ),
         ["v1", rest @ ..] => {
             let who = match auth::authenticate(&admin.store, req.headers()) {
                 Ok(who) => who,
@@ -86,14 +93,30 @@ where
             };
             let q = query.as_deref();
             match (rest, &method) {
-                (["links"], &Method::POST) => ("links_create", admin.create(&who, &body).map(created)),
+                (["links"], &Method::POST) => {
+                    ("links_create", admin.create(&who, &body).map(created))
+                }
                 (["links"], &Method::GET) => ("links_list", admin.list(&who, q).map(ok_json)),
-                (["links", "batch"], &Method::POST) => ("links_batch", admin.batch(&who, &body).map(ok_json)),
-                (["links", code], &Method::GET) => ("links_get", admin.visible(&who, code).map(|l| ok_json(admin.view(l)))),
-                (["links", code], &Method::PATCH) => ("links_patch", admin.patch(&who, code, &body).map(ok_json)),
-                (["links", code], &Method::DELETE) => ("links_delete", admin.delete(&who, code).map(|()| no_content())),
-                (["links", code, "stats"], &Method::GET) => ("links_stats", admin.stats(&who, code, q).map(ok_json)),
-                (["links"] | ["links", _] | ["links", _, "stats"], _) => ("v1", Err(ApiError::method_not_allowed())),
+                (["links", "batch"], &Method::POST) => {
+                    ("links_batch", admin.batch(&who, &body).map(ok_json))
+                }
+                (["links", code], &Method::GET) => (
+                    "links_get",
+                    admin.visible(&who, code).map(|l| ok_json(admin.view(l))),
+                ),
+                (["links", code], &Method::PATCH) => {
+                    ("links_patch", admin.patch(&who, code, &body).map(ok_json))
+                }
+                (["links", code], &Method::DELETE) => (
+                    "links_delete",
+                    admin.delete(&who, code).map(|()| no_content()),
+                ),
+                (["links", code, "stats"], &Method::GET) => {
+                    ("links_stats", admin.stats(&who, code, q).map(ok_json))
+                }
+                (["links"] | ["links", _] | ["links", _, "stats"], _) => {
+                    ("v1", Err(ApiError::method_not_allowed()))
+                }
                 _ => ("v1", Err(ApiError::not_found("route"))),
             }
         }
@@ -161,7 +184,11 @@ impl Admin {
     }
 
     fn render_metrics(&self) -> Response<Body> {
-        let text = self.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+        let text = self
+            .metrics
+            .as_ref()
+            .map(|h| h.render())
+            .unwrap_or_default();
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -67,7 +67,10 @@ pub fn spawn_writer(
     crate::fsutil::create_private_dir(&dir)?;
     let seqs = segments::list(&dir)?;
     let (seq, len) = match seqs.last() {
-        Some(&seq) => (seq, segments::repair_tail(&segments::segment_path(&dir, seq))?),
+        Some(&seq) => (
+            seq,
+            segments::repair_tail(&segments::segment_path(&dir, seq))?,
+        ),
         None => (1, 0),
     };
     let watermark = stats.load_snapshot(&cfg.data_dir)?;
@@ -186,8 +189,7 @@ impl Writer {
                 buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
                 for p in pending.drain(..) {
-                    self.stats
-                        .record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                    self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
                 }
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
@@ -272,8 +274,12 @@ impl Writer {
                 .is_ok_and(|t| t < cutoff);
             if seq < self.position.segment && old {
                 match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(segment = seq, "clicklog: segment past retention deleted"),
-                    Err(e) => tracing::warn!(segment = seq, error = %e, "clicklog: cannot delete old segment"),
+                    Ok(()) => {
+                        tracing::info!(segment = seq, "clicklog: segment past retention deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(segment = seq, error = %e, "clicklog: cannot delete old segment")
+                    }
                 }
             } else {
                 live += 1;

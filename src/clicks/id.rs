@@ -138,7 +138,11 @@ mod tests {
     #[test]
     fn another_key_or_a_flipped_char_is_a_forgery() {
         let id = ids().mint(5);
-        let other = ClickIds::new(&MasterKey::load(Some(&"22".repeat(32)), None, "/".as_ref(), true).unwrap().0);
+        let other = ClickIds::new(
+            &MasterKey::load(Some(&"22".repeat(32)), None, "/".as_ref(), true)
+                .unwrap()
+                .0,
+        );
         assert_eq!(other.verify(id.as_str()), Verdict::Forged);
         let mut s = id.as_str().to_owned();
         let last = if s.ends_with('0') { "1" } else { "0" };

@@ -214,10 +214,7 @@ impl SaltRatchet {
             rotation_ms: self.rotation_ms,
             epoch: salts.epoch,
             salt: hex::encode(*salts.salt),
-            previous: salts
-                .previous
-                .as_ref()
-                .map(|(e, s)| (*e, hex::encode(**s))),
+            previous: salts.previous.as_ref().map(|(e, s)| (*e, hex::encode(**s))),
         };
         let text = Zeroizing::new(serde_json::to_string(&state).expect("serialise"));
         let _wipe = Zeroizing::new(state.salt);
@@ -263,7 +260,12 @@ mod tests {
         let a = open(dir.path(), t).hash(ip, t);
         let b = open(dir.path(), t + 1000).hash(ip, t + 1000);
         assert_eq!(a, b);
-        assert_ne!(a.digest, open(dir.path(), t).hash("203.0.113.10".parse().unwrap(), t).digest);
+        assert_ne!(
+            a.digest,
+            open(dir.path(), t)
+                .hash("203.0.113.10".parse().unwrap(), t)
+                .digest
+        );
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub struct ClickEvent {
     referer_end: u32,
 }
 
+/// The client-supplied text of a click, as received (truncated on intake).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientText<'a> {
+    pub user_agent: &'a [u8],
+    pub referer: &'a [u8],
+    pub sub: &'a str,
+}
+
 impl ClickEvent {
     pub fn new(
         click_id: ClickId,
@@ -48,13 +56,11 @@ impl ClickEvent {
         link: Arc<Link>,
         ip_hash: IpHash,
         signals: Signals,
-        user_agent: &[u8],
-        referer: &[u8],
-        sub: &str,
+        client: ClientText<'_>,
     ) -> ClickEvent {
-        let ua = truncate_utf8(user_agent, MAX_USER_AGENT_BYTES);
-        let referer = truncate_utf8(referer, MAX_REFERER_BYTES);
-        let sub = truncate_str(sub, MAX_SUB_BYTES);
+        let ua = truncate_utf8(client.user_agent, MAX_USER_AGENT_BYTES);
+        let referer = truncate_utf8(client.referer, MAX_REFERER_BYTES);
+        let sub = truncate_str(client.sub, MAX_SUB_BYTES);
         let mut text = String::with_capacity(ua.len() + referer.len() + sub.len());
         text.push_str(&ua);
         let ua_end = text.len() as u32;
@@ -147,8 +153,36 @@ pub struct Rfc3339Millis(pub i64);
 
 impl Serialize for Rfc3339Millis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `DelayedFormat`'s Display allocates; `write_to` a stack buffer does not.
         let dt = chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default();
-        s.collect_str(&dt.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+        let mut buf = StackStr::default();
+        dt.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .write_to(&mut buf)
+            .map_err(serde::ser::Error::custom)?;
+        s.serialize_str(buf.as_str())
+    }
+}
+
+/// A fixed-size `fmt::Write` target for short formatted values.
+#[derive(Default)]
+struct StackStr {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackStr {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -219,9 +253,11 @@ mod tests {
                 digest: [0xab; 16],
             },
             Signals::default(),
-            b"Mozilla/5.0 \"quoted\"",
-            b"https://ref.example/",
-            "s-1",
+            ClientText {
+                user_agent: b"Mozilla/5.0 \"quoted\"",
+                referer: b"https://ref.example/",
+                sub: "s-1",
+            },
         );
         let mut out = Vec::new();
         ev.encode_json(Some(BotReason::Crawler), "node-1", &mut out);
@@ -257,9 +293,11 @@ mod tests {
                 digest: [0; 16],
             },
             Signals::default(),
-            ua.as_bytes(),
-            b"\xff\xfe",
-            &"x".repeat(300),
+            ClientText {
+                user_agent: ua.as_bytes(),
+                referer: b"\xff\xfe",
+                sub: &"x".repeat(300),
+            },
         );
         assert!(ev.user_agent().len() <= MAX_USER_AGENT_BYTES);
         assert_eq!(ev.sub().len(), MAX_SUB_BYTES);

@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE,
+    USER_AGENT,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use super::{client_ip::client_ip, Edge};
 use crate::clicklog::Recorded;
-use crate::clicks::{bots, ClickEvent, Signals, MAX_SUB_BYTES};
+use crate::clicks::{bots, ClickEvent, ClientText, Signals, MAX_SUB_BYTES};
 use crate::links::template::{query_param, Vars};
 use crate::links::{validate::is_valid_code, LinkState};
 use crate::server::Body;
@@ -26,6 +29,14 @@ static NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 static ALLOWED: HeaderValue = HeaderValue::from_static("GET, HEAD");
 static RETRY_SOON: HeaderValue = HeaderValue::from_static("1");
+
+/// Initial size of the per-thread `Location` buffer (it grows as needed).
+const LOCATION_BUF_BYTES: usize = 4096;
+
+thread_local! {
+    static LOCATION_BUF: std::cell::RefCell<String> =
+        std::cell::RefCell::new(String::with_capacity(LOCATION_BUF_BYTES));
+}
 
 /// What the edge answers, before the click-log hand-off.
 #[derive(Debug)]
@@ -48,7 +59,10 @@ pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> De
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Decision::MethodNotAllowed;
     }
-    let code = &req.uri().path()[1..];
+    // Authority-form targets (`GET host:443`) have no leading slash.
+    let Some(code) = req.uri().path().strip_prefix('/') else {
+        return Decision::NotFound;
+    };
     if !is_valid_code(code) {
         return Decision::NotFound;
     }
@@ -68,7 +82,13 @@ pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> De
         code,
         sub,
     };
-    let Ok(location) = HeaderValue::try_from(link.template.render(&vars, query)) else {
+    // Render into a reused buffer, then copy once at the exact length.
+    let location = LOCATION_BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        link.template.render_into(&vars, query, buf);
+        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(buf.as_bytes()))
+    });
+    let Ok(location) = location else {
         return Decision::BadRequest;
     };
     let cookie = edge.cookie.render(click_id.as_str());
@@ -87,9 +107,11 @@ pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> De
         link,
         ip_hash,
         signals,
-        header(USER_AGENT),
-        header(REFERER),
-        sub,
+        ClientText {
+            user_agent: header(USER_AGENT),
+            referer: header(REFERER),
+            sub,
+        },
     );
     Decision::Redirect {
         status,

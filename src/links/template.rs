@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
 /// Characters percent-encoded when `{sub}` is substituted: all but RFC 3986
 /// unreserved, so a hostile sub can never add parameters, paths or headers.
@@ -17,6 +17,21 @@ const SUB_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// Bytes of a passed-through query pair that must not reach `Location` raw.
+/// hyper accepts non-ASCII (obs-text) bytes in a request target, but a
+/// `Location` is an ASCII URI reference; everything else is left as sent.
+const PASSTHROUGH_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'|')
+    .add(b'\\')
+    .add(b'^');
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -82,22 +97,37 @@ impl Template {
     /// Builds the `Location` for one request. `query` is the raw request
     /// query (already restricted to URI characters by the HTTP parser).
     pub fn render(&self, vars: &Vars<'_>, query: Option<&str>) -> String {
+        let mut out = String::with_capacity(self.capacity_hint(vars, query));
+        self.render_into(vars, query, &mut out);
+        out
+    }
+
+    /// Upper bound of the rendered length, for sizing buffers.
+    pub fn capacity_hint(&self, vars: &Vars<'_>, query: Option<&str>) -> usize {
+        self.literal_len
+            + 2 * vars.click_id.len()
+            + vars.sub.len() * 3
+            + query.map_or(0, str::len)
+            + 2
+    }
+
+    /// Appends the `Location` for one request to `out`.
+    pub fn render_into(&self, vars: &Vars<'_>, query: Option<&str>, out: &mut String) {
         let query = query.filter(|_| self.passthrough).unwrap_or("");
-        let mut out = String::with_capacity(
-            self.literal_len + 2 * vars.click_id.len() + vars.sub.len() * 3 + query.len() + 2,
-        );
-        push_pieces(&mut out, &self.head, vars);
+        push_pieces(out, &self.head, vars);
         let mut joiner = self.query_joiner;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             if self.destination_has(pair) {
                 continue;
             }
             out.push_str(joiner);
-            out.push_str(pair);
+            out.extend(percent_encoding::utf8_percent_encode(
+                pair,
+                PASSTHROUGH_ENCODE,
+            ));
             joiner = "&";
         }
-        push_pieces(&mut out, &self.fragment, vars);
-        out
+        push_pieces(out, &self.fragment, vars);
     }
 
     fn destination_has(&self, pair: &str) -> bool {

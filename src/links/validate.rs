@@ -30,9 +30,7 @@ pub enum DestinationError {
 pub fn is_valid_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= MAX_CODE_LEN
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A fresh random code of `len` base62 chars from the thread CSPRNG.

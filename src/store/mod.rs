@@ -237,11 +237,7 @@ impl Store {
 
     /// The live (not deleted) link with this code.
     pub fn get_link(&self, code: &str) -> Option<LinkRecord> {
-        self.lock()
-            .links
-            .get(code)
-            .filter(|l| !l.deleted)
-            .cloned()
+        self.lock().links.get(code).filter(|l| !l.deleted).cloned()
     }
 
     /// Changes a live link; `change` may refuse by returning an error.
@@ -336,11 +332,7 @@ impl Store {
 
     /// The live token with this hash.
     pub fn token_by_hash(&self, hash: &str) -> Option<TokenRecord> {
-        self.lock()
-            .tokens
-            .get(hash)
-            .filter(|t| !t.revoked)
-            .cloned()
+        self.lock().tokens.get(hash).filter(|t| !t.revoked).cloned()
     }
 }
 
@@ -419,7 +411,8 @@ impl Inner {
             Record::Link(link) => {
                 let key = (link.tenant.clone(), link.code.clone());
                 if let Some(old) = self.links.get(&link.code) {
-                    self.by_tenant.remove(&(old.tenant.clone(), old.code.clone()));
+                    self.by_tenant
+                        .remove(&(old.tenant.clone(), old.code.clone()));
                 }
                 if !link.deleted {
                     self.by_tenant.insert(key);
@@ -476,6 +469,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 mod tests {
     use super::*;
     use chrono::Utc;
+    use std::fs::OpenOptions;
 
     fn record(code: &str, tenant: &str) -> LinkRecord {
         let now = Utc::now();

@@ -9,7 +9,9 @@ pub enum Frame<'a> {
     Whole(&'a str),
     /// An incomplete or damaged last line: safe to cut off.
     TornTail,
-    Corrupt { line: usize },
+    Corrupt {
+        line: usize,
+    },
 }
 
 pub fn encode(json: &str, out: &mut Vec<u8>) {
@@ -56,7 +58,10 @@ mod tests {
         encode("{\"a\":1}", &mut buf);
         encode("{\"b\":2}", &mut buf);
         let (frames, used) = decode(&buf, 1);
-        assert_eq!(frames, vec![Frame::Whole("{\"a\":1}"), Frame::Whole("{\"b\":2}")]);
+        assert_eq!(
+            frames,
+            vec![Frame::Whole("{\"a\":1}"), Frame::Whole("{\"b\":2}")]
+        );
         assert_eq!(used, buf.len());
 
         // Half a record without its newline is simply not consumed.

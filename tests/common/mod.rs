@@ -121,7 +121,11 @@ impl Server {
     /// Mints a token with the CLI and waits until the server accepts it.
     pub fn token(&self, tenant: &str) -> String {
         let out = self.cli(&["token", "create", "--tenant", tenant]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         let token = stdout.lines().last().unwrap().trim().to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,112 @@
+//! Builds a real `Edge` (link table, click ids, salt ratchet, click log)
+//! for the benches, without any listener.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use clickedge::clicklog::{spawn_writer, WriterConfig, WriterHandle};
+use clickedge::clicks::{ClickIds, SaltRatchet};
+use clickedge::config::{CookieConfig, OverflowPolicy};
+use clickedge::edge::{CookieTemplate, Edge};
+use clickedge::keys::MasterKey;
+use clickedge::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
+use clickedge::stats::StatsIndex;
+use clickedge::telemetry::EdgeMetrics;
+
+pub const BROWSER_UA: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+pub fn record(code: String, destination: &str) -> LinkRecord {
+    let now = Utc::now();
+    LinkRecord {
+        code,
+        tenant: "bench".into(),
+        destination: destination.into(),
+        redirect: 302,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        disabled: false,
+        deleted: false,
+        tags: vec![],
+        passthrough: true,
+    }
+}
+
+pub fn table(n: usize) -> LinkTable {
+    let mut t = LinkTable::default();
+    for i in 0..n {
+        t.insert(Link::compile(record(
+            format!("c{i:07}"),
+            "https://shop.example.com/product/12345?aff=77&cid={click_id}",
+        )));
+    }
+    t
+}
+
+pub struct Fixture {
+    pub edge: Edge,
+    pub writer: WriterHandle,
+    _dir: tempfile::TempDir,
+}
+
+pub fn fixture(links: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Arc::new(SharedLinkTable::default());
+    shared.replace(table(links));
+    let master = MasterKey::for_tests();
+    let salts = SaltRatchet::open(
+        dir.path(),
+        Duration::from_secs(86_400),
+        Duration::from_secs(300),
+        clickedge::time::now_ms() as u64,
+    )
+    .unwrap();
+    let (clicklog, writer) = spawn_writer(
+        WriterConfig {
+            data_dir: dir.path().to_owned(),
+            queue_capacity: 1024,
+            overflow: OverflowPolicy::Backpressure,
+            overflow_wait: Duration::from_millis(50),
+            fsync_interval: Duration::from_millis(50),
+            segment_bytes: 64 << 20,
+            snapshot_interval: Duration::from_secs(3600),
+            retention: Duration::from_secs(90 * 86_400),
+            edge_node: "bench".into(),
+        },
+        Arc::new(StatsIndex::default()),
+    )
+    .unwrap();
+    let edge = Edge {
+        links: shared,
+        ids: ClickIds::new(&master),
+        salts: Arc::new(salts),
+        clicklog,
+        trusted_proxies: vec![],
+        cookie: CookieTemplate::new(
+            &CookieConfig {
+                name: "ce_click".into(),
+                max_age_secs: 604_800,
+            },
+            false,
+        ),
+        metrics: EdgeMetrics::register(),
+    };
+    Fixture {
+        edge,
+        writer,
+        _dir: dir,
+    }
+}
+
+pub fn request(code: &str) -> http::Request<()> {
+    http::Request::get(format!(
+        "/{code}?sub=spring-sale&utm_source=newsletter&gclid=abc123"
+    ))
+    .header("user-agent", BROWSER_UA)
+    .header("referer", "https://news.example.org/article/42")
+    .body(())
+    .unwrap()
+}
