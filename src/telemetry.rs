@@ -45,7 +45,64 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe_and_zero();
     Ok(handle)
+}
+
+/// HELP texts, and zero values for the counters ops alert on, so a rate
+/// query works before the first overflow or rejected connection.
+fn describe_and_zero() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "Requests answered, by listener, route and status."
+    );
+    describe_histogram!(
+        REDIRECT_DURATION,
+        Unit::Seconds,
+        "Time to answer a redirect, click-log hand-off included."
+    );
+    describe_gauge!(LINK_TABLE_SIZE, "Links in the edge's link table.");
+    describe_counter!(
+        LINK_TABLE_SWAPS,
+        "Link-table publications (each admin change is one)."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open connections, by listener.");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections closed at once because the listener was at max_connections."
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed because no request arrived within header_read_timeout_ms."
+    );
+    describe_gauge!(
+        CLICKLOG_QUEUE_DEPTH,
+        "Click events waiting for the click-log writer."
+    );
+    describe_counter!(CLICKLOG_EVENTS, "Click events written to the click log.");
+    describe_counter!(
+        CLICKLOG_BYTES,
+        Unit::Bytes,
+        "Bytes written to the click log."
+    );
+    describe_histogram!(
+        CLICKLOG_FSYNC,
+        Unit::Seconds,
+        "Click-log fdatasync latency."
+    );
+    describe_counter!(CLICKLOG_OVERFLOW, "Clicks that met a full click-log queue, by policy and outcome (waited, refused = 503, dropped = redirected without an event).");
+    describe_counter!(
+        CLICKLOG_WRITE_ERRORS,
+        "Failed click-log writes (retried; the batch is kept)."
+    );
+    describe_gauge!(CLICKLOG_SEGMENTS, "Click-log segment files on disk.");
+    for listener in ["edge", "admin"] {
+        counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
+        counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).absolute(0);
+    }
+    counter!(CLICKLOG_WRITE_ERRORS).absolute(0);
+    counter!(CLICKLOG_EVENTS).absolute(0);
 }
 
 /// Logs go to stderr, one line per event, text or JSON.
@@ -54,6 +111,7 @@ pub fn init_tracing(cfg: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -138,11 +196,30 @@ pub fn clicklog_overflow(policy: OverflowPolicy, outcome: Recorded) {
         Recorded::Refused => "refused",
     };
     counter!(CLICKLOG_OVERFLOW, "policy" => policy.as_str(), "outcome" => outcome).increment(1);
+    // One line per power of two, not per event: an overload must not also
+    // flood the logs.
+    static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if outcome == "dropped" {
-        tracing::warn!(
-            policy = policy.as_str(),
-            "clicklog: queue full, click event dropped"
-        );
+        let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                policy = policy.as_str(),
+                dropped_so_far = n,
+                "clicklog: queue full, click events dropped"
+            );
+        }
+    }
+}
+
+/// Registers the overflow counters of `policy` at zero.
+pub fn clicklog_overflow_zero(policy: OverflowPolicy) {
+    let outcomes: &[&'static str] = match policy {
+        OverflowPolicy::Backpressure => &["waited", "refused"],
+        OverflowPolicy::Shed => &["refused"],
+        OverflowPolicy::Drop => &["dropped"],
+    };
+    for &outcome in outcomes {
+        counter!(CLICKLOG_OVERFLOW, "policy" => policy.as_str(), "outcome" => outcome).absolute(0);
     }
 }
 

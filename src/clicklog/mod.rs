@@ -60,6 +60,7 @@ impl ClickLog {
         wait: Duration,
         alive: Arc<AtomicBool>,
     ) -> ClickLog {
+        telemetry::clicklog_overflow_zero(policy);
         ClickLog {
             tx,
             policy,

@@ -2,7 +2,7 @@
 //!
 //! `ip_hash = keyed_blake3(salt[epoch], ip)[..16]`, with
 //! `epoch = floor(unix_time / salt_rotation)` and
-//! `salt[n+1] = blake3::derive_key("clickedge ip salt v1", salt[n])`.
+//! `salt[n+1] = blake3::derive_key("clickedge 2026 ip salt v1", salt[n])`.
 //!
 //! The first salt is random. Only the current salt (and, for `salt_grace`
 //! after a rotation, the previous one) is ever held, in memory and in

@@ -153,12 +153,24 @@ pub struct Rfc3339Millis(pub i64);
 
 impl Serialize for Rfc3339Millis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // `DelayedFormat`'s Display allocates; `write_to` a stack buffer does not.
+        use chrono::{Datelike, Timelike};
+        use std::fmt::Write;
+        // Formatted field by field into a stack buffer: strftime-style
+        // `format()` parses its pattern on every call and may allocate.
         let dt = chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default();
         let mut buf = StackStr::default();
-        dt.format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .write_to(&mut buf)
-            .map_err(serde::ser::Error::custom)?;
+        write!(
+            buf,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.timestamp_subsec_millis()
+        )
+        .map_err(serde::ser::Error::custom)?;
         s.serialize_str(buf.as_str())
     }
 }
