@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use clickedge::clicks::BotClassifier;
+use clickedge::clicks::{BotClassifier, CachedClassifier};
 use clickedge::edge::redirect::{decide, Decision};
 
 #[path = "support/mod.rs"]
@@ -20,10 +20,11 @@ fn main() {
     let fx = support::fixture(10_000);
     let req = support::request("c0004242");
     let ip: IpAddr = "203.0.113.77".parse().unwrap();
-    let classifier = BotClassifier::default();
+    // The click-log writer's classifier: verdicts cached per user agent.
+    let mut classifier = CachedClassifier::new(BotClassifier::default(), 8192);
     let mut buf = Vec::with_capacity(4096);
     let now = clickedge::time::now_ms();
-    let run = |buf: &mut Vec<u8>| {
+    let mut run = |buf: &mut Vec<u8>| {
         let Decision::Redirect {
             event,
             location,

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use clickedge::clicks::BotClassifier;
+use clickedge::clicks::{BotClassifier, CachedClassifier};
 use clickedge::edge::redirect::{decide, Decision};
 use clickedge::links::{Link, SharedLinkTable};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -16,11 +16,16 @@ use criterion::{criterion_group, criterion_main, Criterion};
 #[path = "support/mod.rs"]
 mod support;
 
+/// The allocator of the `clickedge` binary, so the figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn redirect_decision(c: &mut Criterion) {
     let fx = support::fixture(100_000);
     let req = support::request("c0004242");
     let ip: IpAddr = "203.0.113.77".parse().unwrap();
-    let classifier = BotClassifier::default();
+    // The click-log writer's classifier: verdicts cached per user agent.
+    let mut classifier = CachedClassifier::new(BotClassifier::default(), 8192);
     let mut buf = Vec::with_capacity(4096);
     let now = clickedge::time::now_ms();
     c.bench_function("redirect_decision_and_event_encode", |b| {
@@ -39,6 +44,11 @@ fn redirect_decision(c: &mut Criterion) {
             event.encode_json(bot, "bench", &mut buf);
             black_box((location, cookie, &buf));
         })
+    });
+    let uncached = BotClassifier::default();
+    let ua = support::BROWSER_UA;
+    c.bench_function("bot_classify_uncached", |b| {
+        b.iter(|| black_box(uncached.classify(black_box(ua), Default::default())))
     });
     c.bench_function("redirect_decision_only", |b| {
         b.iter(|| black_box(decide(&fx.edge, &req, ip, now)))

@@ -34,7 +34,7 @@ const SALT_TICK: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "full mode ([kafka]) is not available in this build yet; remove [kafka] to run embedded"
+        "full mode ([kafka], [clickhouse]) is not available in this build yet; remove those sections to run embedded"
     )]
     FullModeUnavailable,
     #[error("data_dir {path}: {source}")]
@@ -60,13 +60,16 @@ pub enum ServeError {
     },
 }
 
+/// The admin listener serves operators and scrapers, not the public.
+const ADMIN_MAX_CONNECTIONS: usize = 1024;
+
 /// Runs `serve` until `shutdown` is cancelled.
 pub async fn serve(
     config: Config,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    if config.kafka.is_some() {
+    if config.kafka.is_some() || config.clickhouse.is_some() {
         return Err(ServeError::FullModeUnavailable);
     }
     let data_dir = config.data_dir.clone();
@@ -153,7 +156,7 @@ pub async fn serve(
         shutdown_grace: config.edge.shutdown_grace,
     };
     let admin_limits = HttpLimits {
-        max_connections: 1024,
+        max_connections: ADMIN_MAX_CONNECTIONS,
         ..edge_limits.clone()
     };
 

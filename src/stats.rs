@@ -107,16 +107,30 @@ impl StatsIndex {
         let mut series = Vec::new();
         let mut total = Counts::default();
         let mut all_visitors = HashSet::new();
-        let link = self.links.get(code);
+        // Copy the range out and release the shard at once: the click-log
+        // writer needs it, and the unions below can take a while.
+        let hours: BTreeMap<i64, Bucket> = self
+            .links
+            .get(code)
+            .filter(|_| from_ms < to_ms)
+            .map(|link| {
+                let lo = from_ms.div_euclid(HOUR_MS);
+                let hi = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS);
+                link.hours
+                    .range(lo..hi)
+                    .map(|(h, b)| (*h, b.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut start = first;
         while start < to_ms {
             let end = start + step;
             let mut c = Counts::default();
             let mut visitors = HashSet::new();
-            if let Some(link) = &link {
-                let lo = start.max(from_ms).div_euclid(HOUR_MS);
-                let hi = (end.min(to_ms) + HOUR_MS - 1).div_euclid(HOUR_MS);
-                for (_, b) in link.hours.range(lo..hi) {
+            let lo = start.max(from_ms).div_euclid(HOUR_MS);
+            let hi = (end.min(to_ms) + HOUR_MS - 1).div_euclid(HOUR_MS);
+            if lo < hi {
+                for (_, b) in hours.range(lo..hi) {
                     c.clicks += b.clicks;
                     c.bot_clicks += b.bots;
                     visitors.extend(b.visitors.iter().copied());

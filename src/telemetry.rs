@@ -241,7 +241,7 @@ pub fn clicklog_fsynced(took: Duration) {
 
 pub fn clicklog_write_failed(e: &std::io::Error) {
     counter!(CLICKLOG_WRITE_ERRORS).increment(1);
-    tracing::error!(error = %e, "clicklog: write failed; retrying, batch kept");
+    tracing::error!(error = %e, "clicklog: write or fsync failed; retrying, queued clicks kept");
 }
 
 pub fn clicklog_segments(n: usize) {

@@ -248,6 +248,25 @@ fn a_bad_config_value_stops_start_up_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cookie.max_age_secs"));
 }
 
+#[test]
+fn full_mode_sections_are_refused_rather_than_silently_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    for section in [
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\n",
+        "[clickhouse]\nurl = \"http://127.0.0.1:9\"\ndatabase = \"x\"\n",
+    ] {
+        let file = dir.path().join("full.toml");
+        std::fs::write(&file, section).unwrap();
+        let out = command(dir.path(), &[])
+            .args(["--config", file.to_str().unwrap(), "serve"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{section}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("full mode"), "{section}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn a_second_serve_on_the_same_data_dir_is_refused() {
     let server = Server::start();

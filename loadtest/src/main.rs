@@ -87,6 +87,7 @@ struct Summary {
     ok: u64,
     errors: u64,
     error_kinds: Errors,
+    retried: u64,
     rps: f64,
     latency_us: Percentiles,
 }
@@ -176,11 +177,12 @@ async fn drive(args: &Args, addr: SocketAddr, host: String, traffic: Traffic) ->
         total.latency_us.add(&t.latency_us).expect("same bounds");
         total.ok += t.ok;
         total.errors.add(&t.errors);
+        total.retried += t.retried;
         total.click_ids.extend(t.click_ids);
     }
-    // Requests in flight at the stop time finish after it; count the time.
-    let seconds = Instant::now().duration_since(record_from).as_secs_f64();
-    (total, seconds.max(f64::EPSILON))
+    // Throughput over the fixed window: only requests sent inside it count,
+    // and a straggler finishing late does not stretch the denominator.
+    (total, args.duration.as_secs_f64().max(f64::EPSILON))
 }
 
 fn summarize(args: &Args, tally: &Tally, seconds: f64) -> Summary {
@@ -208,6 +210,7 @@ fn summarize(args: &Args, tally: &Tally, seconds: f64) -> Summary {
         ok: tally.ok,
         errors,
         error_kinds: tally.errors.clone(),
+        retried: tally.retried,
         rps: tally.ok as f64 / seconds,
         latency_us: Percentiles {
             p50: q(0.50),
@@ -223,7 +226,7 @@ fn print_line(s: &Summary) {
     let l = &s.latency_us;
     println!(
         "{label}{mode}/{conn} c={c} {secs:.1}s: {rps:.0} req/s ok={ok} errors={errors} \
-         (connect={ec} io={ei} timeout={et} status={es} check={ek}) \
+         (connect={ec} io={ei} timeout={et} status={es} check={ek}) retried={retried} \
          latency p50={p50}us p90={p90}us p99={p99}us p99.9={p999}us max={max}us",
         label = if s.label.is_empty() {
             String::new()
@@ -242,6 +245,7 @@ fn print_line(s: &Summary) {
         et = s.error_kinds.timeout,
         es = s.error_kinds.status,
         ek = s.error_kinds.check,
+        retried = s.retried,
         p50 = l.p50,
         p90 = l.p90,
         p99 = l.p99,

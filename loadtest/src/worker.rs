@@ -21,7 +21,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// not turn the generator into a busy loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 /// How early the coarse timer wakes an open-loop sender (see `wait_until`).
-const TIMER_SLACK: Duration = Duration::from_millis(2);
+const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 /// Settings shared by every worker.
 #[derive(Debug)]
@@ -48,6 +48,9 @@ pub struct Tally {
     pub latency_us: Histogram<u64>,
     pub ok: u64,
     pub errors: Errors,
+    /// Requests re-sent once on a fresh connection after a kept-alive one
+    /// turned out closed (each may have been seen twice by the server).
+    pub retried: u64,
     pub click_ids: Vec<String>,
 }
 
@@ -81,6 +84,7 @@ impl Tally {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             ok: 0,
             errors: Errors::default(),
+            retried: 0,
             click_ids: Vec::new(),
         }
     }
@@ -88,6 +92,8 @@ impl Tally {
 
 enum Outcome {
     Ok(Head),
+    /// Answered, but only after a retry on a fresh connection.
+    Retried(Head),
     Connect,
     Io,
     Timeout,
@@ -144,6 +150,21 @@ pub async fn run(plan: Arc<Plan>, index: usize, workers: usize) -> Tally {
         }
         let recording = sent_at >= plan.record_from;
         answered += 1;
+        if recording {
+            // Every attempt, failed ones included: a stall or a 503 must
+            // show in the percentiles, not vanish from them.
+            let us = done.duration_since(sent_at).as_micros() as u64;
+            tally.latency_us.saturating_record(us.max(1));
+        }
+        let outcome = match outcome {
+            Outcome::Retried(head) => {
+                if recording {
+                    tally.retried += 1;
+                }
+                Outcome::Ok(head)
+            }
+            other => other,
+        };
         match outcome {
             Outcome::Ok(head) => {
                 let redirect = (300..400).contains(&head.status);
@@ -159,8 +180,6 @@ pub async fn run(plan: Arc<Plan>, index: usize, workers: usize) -> Tally {
                     tally.errors.check += 1;
                 } else {
                     tally.ok += 1;
-                    let us = done.duration_since(sent_at).as_micros() as u64;
-                    tally.latency_us.saturating_record(us.max(1));
                 }
                 if redirect && plan.keep_click_ids {
                     if let Some(id) = click_id(&head, &plan.cookie_name) {
@@ -225,7 +244,10 @@ async fn one_request(
         // on a fresh one, as every HTTP client does.
         Err(WireError::Eof | WireError::Io(_)) if !fresh => {
             *conn = None;
-            Box::pin(one_request(plan, conn, request, buf, want_headers)).await
+            match Box::pin(one_request(plan, conn, request, buf, want_headers)).await {
+                Outcome::Ok(head) => Outcome::Retried(head),
+                other => other,
+            }
         }
         Err(_) => Outcome::Io,
     }

@@ -43,7 +43,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (route, result) =
-        match tokio::time::timeout(admin.request_timeout, route(&admin, req)).await {
+        match tokio::time::timeout(admin.request_timeout, route(admin.clone(), req)).await {
             Ok(routed) => routed,
             Err(_) => (
                 "timeout",
@@ -59,7 +59,7 @@ where
     resp
 }
 
-async fn route<B>(admin: &Admin, req: Request<B>) -> Routed
+async fn route<B>(admin: Arc<Admin>, req: Request<B>) -> Routed
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -78,7 +78,7 @@ where
             "metrics",
             only_get(&method).map(|()| admin.render_metrics()),
         ),
-        ["v1", rest @ ..] => {
+        ["v1", ..] => {
             let who = match auth::authenticate(&admin.store, req.headers()) {
                 Ok(who) => who,
                 Err(e) => return ("auth", Err(e)),
@@ -91,33 +91,18 @@ where
             } else {
                 Bytes::new()
             };
-            let q = query.as_deref();
-            match (rest, &method) {
-                (["links"], &Method::POST) => {
-                    ("links_create", admin.create(&who, &body).map(created))
-                }
-                (["links"], &Method::GET) => ("links_list", admin.list(&who, q).map(ok_json)),
-                (["links", "batch"], &Method::POST) => {
-                    ("links_batch", admin.batch(&who, &body).map(ok_json))
-                }
-                (["links", code], &Method::GET) => (
-                    "links_get",
-                    admin.visible(&who, code).map(|l| ok_json(admin.view(l))),
-                ),
-                (["links", code], &Method::PATCH) => {
-                    ("links_patch", admin.patch(&who, code, &body).map(ok_json))
-                }
-                (["links", code], &Method::DELETE) => (
-                    "links_delete",
-                    admin.delete(&who, code).map(|()| no_content()),
-                ),
-                (["links", code, "stats"], &Method::GET) => {
-                    ("links_stats", admin.stats(&who, code, q).map(ok_json))
-                }
-                (["links"] | ["links", _] | ["links", _, "stats"], _) => {
-                    ("v1", Err(ApiError::method_not_allowed()))
-                }
-                _ => ("v1", Err(ApiError::not_found("route"))),
+            // Store writes take a file lock and fdatasync, stats queries can
+            // be long: both run on the blocking pool, never on the workers
+            // that serve redirects.
+            let admin = Arc::clone(&admin);
+            let path = path.clone();
+            let dispatch = move || {
+                let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                admin.dispatch_v1(&who, &segments[1..], &method, query.as_deref(), &body)
+            };
+            match tokio::task::spawn_blocking(dispatch).await {
+                Ok(routed) => routed,
+                Err(_) => ("v1", Err(ApiError::internal("admin request task failed"))),
             }
         }
         _ => ("unknown", Err(ApiError::not_found("route"))),
@@ -167,6 +152,44 @@ fn no_content() -> Response<Body> {
 }
 
 impl Admin {
+    /// Routes an authenticated `/v1/…` request (`rest` is the path after
+    /// `v1`). Synchronous: called on the blocking pool.
+    fn dispatch_v1(
+        &self,
+        who: &auth::Principal,
+        rest: &[&str],
+        method: &Method,
+        q: Option<&str>,
+        body: &Bytes,
+    ) -> Routed {
+        let admin = self;
+        match (rest, method) {
+            (["links"], &Method::POST) => ("links_create", admin.create(who, body).map(created)),
+            (["links"], &Method::GET) => ("links_list", admin.list(who, q).map(ok_json)),
+            (["links", "batch"], &Method::POST) => {
+                ("links_batch", admin.batch(who, body).map(ok_json))
+            }
+            (["links", code], &Method::GET) => (
+                "links_get",
+                admin.visible(who, code).map(|l| ok_json(admin.view(l))),
+            ),
+            (["links", code], &Method::PATCH) => {
+                ("links_patch", admin.patch(who, code, body).map(ok_json))
+            }
+            (["links", code], &Method::DELETE) => (
+                "links_delete",
+                admin.delete(who, code).map(|()| no_content()),
+            ),
+            (["links", code, "stats"], &Method::GET) => {
+                ("links_stats", admin.stats(who, code, q).map(ok_json))
+            }
+            (["links"] | ["links", _] | ["links", _, "stats"], _) => {
+                ("v1", Err(ApiError::method_not_allowed()))
+            }
+            _ => ("v1", Err(ApiError::not_found("route"))),
+        }
+    }
+
     /// Ready when the link table is loaded (it is before the listener
     /// binds) and the click-log writer is running.
     fn readiness(&self) -> Response<Body> {

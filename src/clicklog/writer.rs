@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::segments::{self, Position};
 use super::{ClickLog, Msg};
-use crate::clicks::{BotClassifier, ClickEvent};
+use crate::clicks::{BotClassifier, CachedClassifier, ClickEvent};
 use crate::config::OverflowPolicy;
 use crate::stats::StatsIndex;
 use crate::telemetry;
@@ -26,6 +26,8 @@ const WRITE_RETRY: Duration = Duration::from_millis(100);
 /// Give up flushing at shutdown after this many failed writes in a row.
 const MAX_FAILURES_AT_SHUTDOWN: u32 = 50;
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// User agents whose bot verdict the writer remembers.
+const UA_CACHE_ENTRIES: usize = 8192;
 
 pub struct WriterConfig {
     pub data_dir: PathBuf,
@@ -98,7 +100,7 @@ pub fn spawn_writer(
             offset: len,
         },
         synced: true,
-        classifier: BotClassifier::default(),
+        classifier: CachedClassifier::new(BotClassifier::default(), UA_CACHE_ENTRIES),
         stats,
         alive,
         cfg,
@@ -128,7 +130,7 @@ struct Writer {
     file: File,
     position: Position,
     synced: bool,
-    classifier: BotClassifier,
+    classifier: CachedClassifier,
     stats: Arc<StatsIndex>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
@@ -194,16 +196,29 @@ impl Writer {
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
             if !self.synced && (fsync_due || stopping) {
-                self.fsync()?;
+                if let Err(e) = self.fsync() {
+                    // Not fatal: the bytes stay written and the next round
+                    // syncs again; meanwhile the queue absorbs the traffic.
+                    telemetry::clicklog_write_failed(&e);
+                    failures += 1;
+                    if stopping && failures >= MAX_FAILURES_AT_SHUTDOWN {
+                        return Err(e);
+                    }
+                    std::thread::sleep(WRITE_RETRY);
+                    continue;
+                }
                 last_fsync = Instant::now();
             }
-            if stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval {
-                self.fsync()?;
-                self.stats.save_snapshot(
+            self.rotate_if_full();
+            if self.synced && (stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval) {
+                // A failed checkpoint only means a longer replay at start-up.
+                if let Err(e) = self.stats.save_snapshot(
                     &self.cfg.data_dir,
                     self.position,
                     self.retention_cutoff_ms(),
-                )?;
+                ) {
+                    tracing::warn!(error = %e, "clicklog: stats checkpoint failed; the log will be replayed");
+                }
                 last_snapshot = Instant::now();
             }
             if stopping {
@@ -217,7 +232,7 @@ impl Writer {
         }
     }
 
-    fn encode(&self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Pending>) {
+    fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Pending>) {
         let bot = self.classifier.classify(ev.user_agent(), ev.signals);
         ev.encode_json(bot, &self.cfg.edge_node, buf);
         pending.push(Pending {
@@ -229,19 +244,37 @@ impl Writer {
     }
 
     fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(buf)?;
+        if let Err(e) = self.file.write_all(buf) {
+            // Cut a partial write, so the retry neither duplicates events
+            // nor leaves a torn line behind the stats watermark.
+            if let Err(cut) = self.file.set_len(self.position.offset) {
+                tracing::error!(error = %cut, "clicklog: cannot cut a partial write");
+            }
+            return Err(e);
+        }
         self.position.offset += buf.len() as u64;
         self.synced = false;
         telemetry::clicklog_written(buf.len());
-        if self.position.offset >= self.cfg.segment_bytes {
-            self.fsync()?;
-            self.position = Position {
-                segment: self.position.segment + 1,
-                offset: 0,
-            };
-            self.file = open_segment(&self.dir, self.position.segment)?;
-        }
         Ok(())
+    }
+
+    /// Starts the next segment once this one is full and synced. On failure
+    /// the current segment keeps growing and rotation is retried later.
+    fn rotate_if_full(&mut self) {
+        if self.position.offset < self.cfg.segment_bytes || !self.synced {
+            return;
+        }
+        let next = self.position.segment + 1;
+        match open_segment(&self.dir, next) {
+            Ok(file) => {
+                self.file = file;
+                self.position = Position {
+                    segment: next,
+                    offset: 0,
+                };
+            }
+            Err(e) => telemetry::clicklog_write_failed(&e),
+        }
     }
 
     fn fsync(&mut self) -> std::io::Result<()> {

@@ -81,6 +81,12 @@ impl Default for BotClassifier {
 
 impl BotClassifier {
     pub fn classify(&self, user_agent: &str, signals: Signals) -> Option<BotReason> {
+        self.classify_user_agent(user_agent)
+            .or_else(|| classify_signals(signals))
+    }
+
+    /// The verdict the user agent alone gives (the expensive part).
+    fn classify_user_agent(&self, user_agent: &str) -> Option<BotReason> {
         let ua = user_agent.trim();
         if ua.is_empty() {
             return Some(BotReason::NoUserAgent);
@@ -91,6 +97,12 @@ impl BotClassifier {
         if self.crawler.is_match(ua) && !self.not_bot.is_match(ua) {
             return Some(BotReason::Crawler);
         }
+        None
+    }
+}
+
+fn classify_signals(signals: Signals) -> Option<BotReason> {
+    {
         if signals.prefetch {
             return Some(BotReason::Prefetch);
         }
@@ -101,15 +113,56 @@ impl BotClassifier {
     }
 }
 
+/// A [`BotClassifier`] that remembers the verdicts of recent user agents.
+/// Click traffic repeats a few thousand user agents, so most clicks cost a
+/// hash lookup instead of an automaton scan of the whole string. Bounded:
+/// the memory is dropped when full (a flood of unique agents only costs
+/// the scans it would have cost anyway).
+pub struct CachedClassifier {
+    classifier: BotClassifier,
+    verdicts: std::collections::HashMap<Box<str>, Option<BotReason>>,
+    capacity: usize,
+}
+
+impl CachedClassifier {
+    pub fn new(classifier: BotClassifier, capacity: usize) -> CachedClassifier {
+        CachedClassifier {
+            classifier,
+            verdicts: std::collections::HashMap::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn classify(&mut self, user_agent: &str, signals: Signals) -> Option<BotReason> {
+        let verdict = match self.verdicts.get(user_agent) {
+            Some(v) => *v,
+            None => {
+                let v = self.classifier.classify_user_agent(user_agent);
+                if self.verdicts.len() >= self.capacity {
+                    self.verdicts.clear();
+                }
+                self.verdicts.insert(user_agent.into(), v);
+                v
+            }
+        };
+        verdict.or_else(|| classify_signals(signals))
+    }
+}
+
 /// Whether request headers mark a speculative load (prefetch/prerender).
 pub fn is_prefetch(headers: &http::HeaderMap) -> bool {
-    ["sec-purpose", "purpose", "x-purpose", "x-moz"]
-        .iter()
-        .filter_map(|name| headers.get(*name))
-        .any(|v| {
-            let v = v.as_bytes();
-            contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
-        })
+    // Pre-parsed names: `get("…")` would parse the name on every click.
+    use http::HeaderName;
+    static NAMES: [HeaderName; 4] = [
+        HeaderName::from_static("sec-purpose"),
+        HeaderName::from_static("purpose"),
+        HeaderName::from_static("x-purpose"),
+        HeaderName::from_static("x-moz"),
+    ];
+    NAMES.iter().filter_map(|name| headers.get(name)).any(|v| {
+        let v = v.as_bytes();
+        contains_ignore_case(v, b"prefetch") || contains_ignore_case(v, b"preview")
+    })
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
@@ -172,5 +225,27 @@ mod tests {
         h.insert("sec-purpose", "prefetch;prerender".parse().unwrap());
         assert!(is_prefetch(&h));
         assert!(!is_prefetch(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_cache_gives_the_same_verdicts_and_stays_bounded() {
+        let plain = BotClassifier::default();
+        let mut cached = CachedClassifier::new(BotClassifier::default(), 2);
+        let prefetch = Signals {
+            prefetch: true,
+            head: false,
+        };
+        for _ in 0..3 {
+            for ua in [CHROME, "curl/8.5.0", "Slackbot 1.0", "", CHROME] {
+                for signals in [Signals::default(), prefetch] {
+                    assert_eq!(
+                        cached.classify(ua, signals),
+                        plain.classify(ua, signals),
+                        "{ua}"
+                    );
+                }
+            }
+        }
+        assert!(cached.verdicts.len() <= 2);
     }
 }

@@ -202,8 +202,16 @@ impl SaltRatchet {
         } else {
             return Ok(false);
         };
-        self.persist(&next)?;
-        self.current.store(std::sync::Arc::new(next));
+        // Forget the old salt in memory first: a disk that refuses the new
+        // state must not keep an expired salt alive.
+        let next = std::sync::Arc::new(next);
+        self.current.store(std::sync::Arc::clone(&next));
+        if let Err(e) = self.persist(&next) {
+            // And not on disk either. A restart then starts a fresh chain
+            // (uniques restart too), which is the private failure mode.
+            let _ = std::fs::remove_file(&self.path);
+            return Err(e);
+        }
         tracing::info!(epoch, "privacy: ip-hash salt stepped");
         Ok(true)
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::links::Link;
-pub use bots::{BotClassifier, BotReason, Signals};
+pub use bots::{BotClassifier, BotReason, CachedClassifier, Signals};
 pub use id::{ClickId, ClickIds};
 pub use iphash::{IpHash, SaltRatchet};
 
