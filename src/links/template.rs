@@ -339,6 +339,14 @@ mod tests {
         }
 
         #[test]
+        fn any_request_query_passes_through_as_ascii(q in "\\PC{0,60}") {
+            let t = Template::compile("https://x.example/p?a=1", true);
+            let loc = t.render(&VARS, Some(&q));
+            prop_assert!(loc.bytes().all(|b| b.is_ascii_graphic()), "{}", loc);
+            prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
+        }
+
+        #[test]
         fn compile_and_render_never_panic(dest in "\\PC{0,80}", q in "[ -~]{0,40}") {
             let t = Template::compile(&dest, true);
             let _ = t.render(&VARS, Some(&q));
