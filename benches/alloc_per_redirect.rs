@@ -25,22 +25,8 @@ fn main() {
     let mut buf = Vec::with_capacity(4096);
     let now = clickedge::time::now_ms();
     let mut run = |buf: &mut Vec<u8>| {
-        let Decision::Redirect {
-            event,
-            location,
-            cookie,
-            ..
-        } = decide(&fx.edge, &req, ip, now)
-        else {
-            panic!("expected a redirect")
-        };
-        buf.clear();
-        event.encode_json(
-            classifier.classify(event.user_agent(), event.signals),
-            "bench",
-            buf,
-        );
-        std::hint::black_box((location, cookie));
+        let headers = support::redirect_and_encode(&fx, &req, ip, now, &mut classifier, buf);
+        std::hint::black_box(headers);
     };
     // Warm thread-locals (RNG, arc-swap debts) outside the measurement.
     for _ in 0..100 {

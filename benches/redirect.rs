@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use clickedge::clicks::{BotClassifier, CachedClassifier};
-use clickedge::edge::redirect::{decide, Decision};
+use clickedge::edge::redirect::decide;
 use clickedge::links::{Link, SharedLinkTable};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -30,19 +30,9 @@ fn redirect_decision(c: &mut Criterion) {
     let now = clickedge::time::now_ms();
     c.bench_function("redirect_decision_and_event_encode", |b| {
         b.iter(|| {
-            let Decision::Redirect {
-                event,
-                location,
-                cookie,
-                ..
-            } = decide(&fx.edge, &req, ip, now)
-            else {
-                panic!("expected a redirect")
-            };
-            buf.clear();
-            let bot = classifier.classify(event.user_agent(), event.signals);
-            event.encode_json(bot, "bench", &mut buf);
-            black_box((location, cookie, &buf));
+            let headers =
+                support::redirect_and_encode(&fx, &req, ip, now, &mut classifier, &mut buf);
+            black_box((headers, &buf));
         })
     });
     let uncached = BotClassifier::default();

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use clickedge::clicklog::{spawn_writer, WriterConfig, WriterHandle};
-use clickedge::clicks::{ClickIds, SaltRatchet};
+use clickedge::clicks::{CachedClassifier, ClickIds, SaltRatchet};
 use clickedge::config::{CookieConfig, OverflowPolicy};
+use clickedge::edge::redirect::{decide, Decision};
 use clickedge::edge::{CookieTemplate, Edge};
 use clickedge::keys::MasterKey;
 use clickedge::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
@@ -99,6 +100,32 @@ pub fn fixture(links: usize) -> Fixture {
         writer,
         _dir: dir,
     }
+}
+
+/// One whole redirect as the server does it: the edge's decision, then the
+/// click-log writer's classification and encoding of the event into `buf`.
+/// Returns the headers the edge would send.
+pub fn redirect_and_encode(
+    fx: &Fixture,
+    req: &http::Request<()>,
+    ip: std::net::IpAddr,
+    now_ms: i64,
+    classifier: &mut CachedClassifier,
+    buf: &mut Vec<u8>,
+) -> (http::HeaderValue, http::HeaderValue) {
+    let Decision::Redirect {
+        event,
+        location,
+        cookie,
+        ..
+    } = decide(&fx.edge, req, ip, now_ms)
+    else {
+        panic!("expected a redirect")
+    };
+    buf.clear();
+    let bot = classifier.classify(event.user_agent(), event.signals);
+    event.encode_json(bot, "bench", buf);
+    (location, cookie)
 }
 
 pub fn request(code: &str) -> http::Request<()> {

@@ -179,12 +179,7 @@ impl Writer {
                 if let Err(e) = self.append(&buf) {
                     // Keep the batch; the queue fills and the overflow policy
                     // takes over at the edge. Nothing is dropped here.
-                    telemetry::clicklog_write_failed(&e);
-                    failures += 1;
-                    if stopping && failures >= MAX_FAILURES_AT_SHUTDOWN {
-                        return Err(e);
-                    }
-                    std::thread::sleep(WRITE_RETRY);
+                    back_off(e, &mut failures, stopping)?;
                     continue;
                 }
                 failures = 0;
@@ -199,12 +194,7 @@ impl Writer {
                 if let Err(e) = self.fsync() {
                     // Not fatal: the bytes stay written and the next round
                     // syncs again; meanwhile the queue absorbs the traffic.
-                    telemetry::clicklog_write_failed(&e);
-                    failures += 1;
-                    if stopping && failures >= MAX_FAILURES_AT_SHUTDOWN {
-                        return Err(e);
-                    }
-                    std::thread::sleep(WRITE_RETRY);
+                    back_off(e, &mut failures, stopping)?;
                     continue;
                 }
                 last_fsync = Instant::now();
@@ -320,6 +310,18 @@ impl Writer {
         }
         telemetry::clicklog_segments(live);
     }
+}
+
+/// Counts a failed write or sync and pauses before the retry. Gives up
+/// only when shutting down, after `MAX_FAILURES_AT_SHUTDOWN` attempts.
+fn back_off(e: std::io::Error, failures: &mut u32, stopping: bool) -> std::io::Result<()> {
+    telemetry::clicklog_write_failed(&e);
+    *failures += 1;
+    if stopping && *failures >= MAX_FAILURES_AT_SHUTDOWN {
+        return Err(e);
+    }
+    std::thread::sleep(WRITE_RETRY);
+    Ok(())
 }
 
 fn open_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
