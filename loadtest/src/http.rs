@@ -79,11 +79,9 @@ pub async fn exchange(
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(WireError::Malformed("head too large"));
         }
-        let start = buf.len();
-        buf.resize(start + 4096, 0);
-        let n = stream.read(&mut buf[start..]).await?;
-        buf.truncate(start + n);
-        if n == 0 {
+        // `read_buf` fills spare capacity: no zeroing per read.
+        buf.reserve(4096);
+        if stream.read_buf(buf).await? == 0 {
             return Err(WireError::Eof);
         }
         if let Some(parsed) = parse_head(buf, want_headers)? {
@@ -92,10 +90,8 @@ pub async fn exchange(
     };
     let mut have = buf.len() - head_len;
     while have < body_len {
-        let start = buf.len();
-        buf.resize(start + (body_len - have).min(64 * 1024), 0);
-        let n = stream.read(&mut buf[start..]).await?;
-        buf.truncate(start + n);
+        buf.reserve((body_len - have).min(64 * 1024));
+        let n = stream.read_buf(buf).await?;
         if n == 0 {
             return Err(WireError::Eof);
         }

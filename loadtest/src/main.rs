@@ -129,10 +129,18 @@ fn main() -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
+    // One thread: a current-thread runtime, without the work-stealing
+    // machinery that a pinned single-core generator only pays for.
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     let (tally, seconds) = runtime.block_on(drive(&args, addr, host, traffic));
     let summary = summarize(&args, &tally, seconds);
     if let Some(path) = &args.record_ids {

@@ -26,6 +26,8 @@ const WRITE_RETRY: Duration = Duration::from_millis(100);
 /// Give up flushing at shutdown after this many failed writes in a row.
 const MAX_FAILURES_AT_SHUTDOWN: u32 = 50;
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// How long the writer lets clicks gather between batches while busy.
+const BATCH_GATHER: Duration = Duration::from_millis(1);
 /// User agents whose bot verdict the writer remembers.
 const UA_CACHE_ENTRIES: usize = 8192;
 
@@ -153,17 +155,26 @@ impl Writer {
         let mut last_retention: Option<Instant> = None;
         let mut stopping = false;
         let mut failures = 0u32;
+        let mut busy = false;
         loop {
             if buf.is_empty() && !stopping {
-                let wait = if self.synced {
-                    IDLE_WAKE
+                if busy {
+                    // Under load, let clicks gather briefly instead of
+                    // blocking in `recv`: a blocked receiver is woken by
+                    // every send, and on a core shared with the request
+                    // workers each wake-up preempts them mid-request.
+                    std::thread::sleep(BATCH_GATHER);
                 } else {
-                    self.cfg.fsync_interval.saturating_sub(last_fsync.elapsed())
-                };
-                match self.rx.recv_timeout(wait) {
-                    Ok(Msg::Click(ev)) => self.encode(ev, &mut buf, &mut pending),
-                    Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
-                    Err(RecvTimeoutError::Timeout) => {}
+                    let wait = if self.synced {
+                        IDLE_WAKE
+                    } else {
+                        self.cfg.fsync_interval.saturating_sub(last_fsync.elapsed())
+                    };
+                    match self.rx.recv_timeout(wait) {
+                        Ok(Msg::Click(ev)) => self.encode(ev, &mut buf, &mut pending),
+                        Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => stopping = true,
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
                 }
             }
             // Drain what else is waiting; on shutdown, drain everything.
@@ -175,6 +186,7 @@ impl Writer {
                 }
             }
             telemetry::clicklog_queue_depth(self.rx.len());
+            busy = !buf.is_empty();
             if !buf.is_empty() {
                 if let Err(e) = self.append(&buf) {
                     // Keep the batch; the queue fills and the overflow policy
