@@ -48,7 +48,58 @@ struct Bucket {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct LinkStats {
     /// Keyed by hour number since the epoch.
-    hours: BTreeMap<i64, Bucket>,
+    hours: Hours,
+}
+
+/// Hourly buckets in hour order. A sorted `Vec` rather than a `BTreeMap`:
+/// most links have few buckets, and a B-tree leaf reserves room for eleven
+/// (about 1 KB per clicked link). Serialised as a map, as before.
+#[derive(Debug, Default, Clone)]
+struct Hours(Vec<(i64, Bucket)>);
+
+impl Hours {
+    fn entry(&mut self, hour: i64) -> &mut Bucket {
+        // Clicks arrive in time order, so the last bucket is the usual hit.
+        let at = if self.0.last().is_some_and(|(h, _)| *h == hour) {
+            self.0.len() - 1
+        } else {
+            let at = self.0.partition_point(|(h, _)| *h < hour);
+            if self.0.get(at).is_none_or(|(h, _)| *h != hour) {
+                self.0.insert(at, (hour, Bucket::default()));
+            }
+            at
+        };
+        &mut self.0[at].1
+    }
+
+    /// Buckets of hours in `[lo, hi)`.
+    fn range(&self, lo: i64, hi: i64) -> &[(i64, Bucket)] {
+        let start = self.0.partition_point(|(h, _)| *h < lo);
+        let end = self.0.partition_point(|(h, _)| *h < hi).max(start);
+        &self.0[start..end]
+    }
+
+    fn drop_before(&mut self, hour: i64) {
+        let end = self.0.partition_point(|(h, _)| *h < hour);
+        self.0.drain(..end);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Hours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(h, b)| (h, b)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<i64, Bucket>::deserialize(d)?;
+        Ok(Hours(map.into_iter().collect()))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,7 +136,7 @@ impl StatsIndex {
             Some(l) => l,
             None => self.links.entry(code.to_owned()).or_default(),
         };
-        let b = link.hours.entry(hour).or_default();
+        let b = link.hours.entry(hour);
         b.clicks += 1;
         if bot {
             b.bots += 1;
@@ -109,17 +160,14 @@ impl StatsIndex {
         let mut all_visitors = HashSet::new();
         // Copy the range out and release the shard at once: the click-log
         // writer needs it, and the unions below can take a while.
-        let hours: BTreeMap<i64, Bucket> = self
+        let hours: Hours = self
             .links
             .get(code)
             .filter(|_| from_ms < to_ms)
             .map(|link| {
                 let lo = from_ms.div_euclid(HOUR_MS);
                 let hi = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS);
-                link.hours
-                    .range(lo..hi)
-                    .map(|(h, b)| (*h, b.clone()))
-                    .collect()
+                Hours(link.hours.range(lo, hi).to_vec())
             })
             .unwrap_or_default();
         let mut start = first;
@@ -130,7 +178,7 @@ impl StatsIndex {
             let lo = start.max(from_ms).div_euclid(HOUR_MS);
             let hi = (end.min(to_ms) + HOUR_MS - 1).div_euclid(HOUR_MS);
             if lo < hi {
-                for (_, b) in hours.range(lo..hi) {
+                for (_, b) in hours.range(lo, hi) {
                     c.clicks += b.clicks;
                     c.bot_clicks += b.bots;
                     visitors.extend(b.visitors.iter().copied());
@@ -207,7 +255,7 @@ impl StatsIndex {
         let cutoff_hour = cutoff_ms.div_euclid(HOUR_MS);
         let mut links = BTreeMap::new();
         for mut entry in self.links.iter_mut() {
-            entry.hours = entry.hours.split_off(&cutoff_hour);
+            entry.hours.drop_before(cutoff_hour);
             if !entry.hours.is_empty() {
                 links.insert(entry.key().clone(), entry.value().clone());
             }
@@ -252,6 +300,19 @@ mod tests {
             s.query("none", T0, T0 + DAY_MS, Interval::Day).0,
             Counts::default()
         );
+    }
+
+    #[test]
+    fn late_and_out_of_order_clicks_land_in_their_own_hour() {
+        let s = StatsIndex::default();
+        for hour in [5, 2, 9, 2, 5, 0] {
+            s.record("a", T0 + hour * HOUR_MS, false, hour as u64);
+        }
+        let (total, series) = s.query("a", T0, T0 + 10 * HOUR_MS, Interval::Hour);
+        assert_eq!(total.clicks, 6);
+        let clicks: Vec<u64> = series.iter().map(|p| p.counts.clicks).collect();
+        assert_eq!(clicks, [1, 0, 2, 0, 0, 2, 0, 0, 0, 1]);
+        assert_eq!(total.unique_visitors, 4);
     }
 
     #[test]
