@@ -36,10 +36,10 @@ fn main() {
     let (per, bytes) = measure(|| run(&mut buf));
     println!("alloc_per_redirect: {per:.2} allocations, {bytes:.0} bytes per redirect decision (target <= 3)");
     let (per, _) = measure(|| {
-        std::hint::black_box(decide(&fx.edge, &req, ip, now));
+        std::hint::black_box(decide(&fx.edge, &req, ip, false, now));
     });
     println!("  of which decide(): {per:.2}");
-    let Decision::Redirect { event, .. } = decide(&fx.edge, &req, ip, now) else {
+    let Decision::Redirect { event, .. } = decide(&fx.edge, &req, ip, false, now) else {
         panic!()
     };
     let (per, _) = measure(|| {

@@ -41,7 +41,7 @@ fn redirect_decision(c: &mut Criterion) {
         b.iter(|| black_box(uncached.classify(black_box(ua), Default::default())))
     });
     c.bench_function("redirect_decision_only", |b| {
-        b.iter(|| black_box(decide(&fx.edge, &req, ip, now)))
+        b.iter(|| black_box(decide(&fx.edge, &req, ip, false, now)))
     });
 }
 

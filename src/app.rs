@@ -52,6 +52,8 @@ pub enum ServeError {
     Salt(#[from] crate::clicks::iphash::SaltError),
     #[error("click log: {0}")]
     ClickLog(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -133,6 +135,7 @@ pub async fn serve(
         clicklog: clicklog.clone(),
         trusted_proxies: config.edge.trusted_proxies.clone(),
         cookie: CookieTemplate::new(&config.cookie, false),
+        secure_cookie: CookieTemplate::new(&config.cookie, true),
         metrics: EdgeMetrics::register(),
     });
     let admin = Arc::new(Admin {
@@ -146,6 +149,18 @@ pub async fn serve(
         request_timeout: config.admin.request_timeout,
     });
 
+    // Certificates are checked before anything listens: a bad pair stops
+    // start-up with the key named.
+    let tls = match &config.edge.tls {
+        Some(t) => {
+            let certs = Arc::new(crate::tls::CertStore::open(&t.cert, &t.key)?);
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
+            let listener = bind("edge.tls.listen", t.listen)?;
+            Some((t, certs, acceptor, listener))
+        }
+        None => None,
+    };
     let edge_listener = bind("edge.listen", config.edge.listen)?;
     let admin_listener = bind("admin.listen", config.admin.listen)?;
     let edge_limits = HttpLimits {
@@ -161,10 +176,27 @@ pub async fn serve(
     };
 
     let tasks = TaskTracker::new();
+    if let Some((t, certs, acceptor, listener)) = tls {
+        let edge = edge.clone();
+        tasks.spawn(server::serve(
+            "edge_tls",
+            listener,
+            edge_limits.clone(),
+            Some(acceptor),
+            shutdown.clone(),
+            move |req, peer| crate::edge::redirect::handle(edge.clone(), req, peer),
+        ));
+        tasks.spawn(crate::tls::watch(
+            certs,
+            t.reload_interval,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(server::serve(
         "edge",
         edge_listener,
         edge_limits,
+        None,
         shutdown.clone(),
         move |req, peer| crate::edge::redirect::handle(edge.clone(), req, peer),
     ));
@@ -172,6 +204,7 @@ pub async fn serve(
         "admin",
         admin_listener,
         admin_limits,
+        None,
         shutdown.clone(),
         move |req, _peer| crate::admin::handle(admin.clone(), req),
     ));

@@ -68,6 +68,17 @@ pub struct EdgeConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[edge.tls]`: an HTTPS listener beside the plain one.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +216,17 @@ struct RawEdge {
     max_header_bytes: usize,
     max_headers: usize,
     shutdown_grace_ms: u64,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    reload_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +493,26 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
         max_header_bytes: at_least("edge.max_header_bytes", raw.max_header_bytes, 8192)?,
         max_headers: at_least("edge.max_headers", raw.max_headers, 8)?,
         shutdown_grace: millis("edge.shutdown_grace_ms", raw.shutdown_grace_ms)?,
+        tls: raw.tls.map(validate_tls).transpose()?,
+    })
+}
+
+/// Default for `edge.tls.reload_interval_ms`.
+const TLS_RELOAD_MS: u64 = 2000;
+
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
+    let required = |key: &'static str, v: Option<String>| {
+        v.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| invalid(key, "is required when [edge.tls] is set"))
+    };
+    Ok(TlsConfig {
+        listen: parse_addr("edge.tls.listen", &required("edge.tls.listen", raw.listen)?)?,
+        cert: PathBuf::from(required("edge.tls.cert", raw.cert)?),
+        key: PathBuf::from(required("edge.tls.key", raw.key)?),
+        reload_interval: millis(
+            "edge.tls.reload_interval_ms",
+            raw.reload_interval_ms.unwrap_or(TLS_RELOAD_MS),
+        )?,
     })
 }
 

@@ -18,9 +18,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
@@ -46,6 +48,59 @@ pub struct HttpLimits {
     pub max_headers: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The connection came in over TLS.
+    pub tls: bool,
+}
+
+/// One accepted connection, ready to be served over any transport.
+struct Conn {
+    name: &'static str,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    first_request: Arc<AtomicBool>,
+    /// The first request must have started by then.
+    deadline: tokio::time::Instant,
+}
+
+impl Conn {
+    async fn run<I, S>(self, io: I, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<Body>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let conn = self.watcher.watch(conn);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = tokio::time::sleep_until(self.deadline) => {
+                if self.first_request.load(Ordering::Relaxed) {
+                    conn.as_mut().await
+                } else {
+                    telemetry::connection_timed_out(self.name);
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Binds a listener with `SO_REUSEADDR` (fast restarts) and a deep backlog.
@@ -86,13 +141,14 @@ pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -115,8 +171,14 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let peer = Peer {
+            addr: peer,
+            tls: tls.is_some(),
+        };
         // hyper's version sniff (h1 or the h2 preface) has no deadline of its
         // own, so a client that sends nothing would hold its slot forever.
+        // The TLS handshake counts against the same deadline.
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let first_request = Arc::new(AtomicBool::new(false));
         let seen = Arc::clone(&first_request);
         let service = hyper::service::service_fn(move |req| {
@@ -124,27 +186,28 @@ pub async fn serve<H, F>(
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Conn {
+            name,
+            builder: Arc::clone(&builder),
+            watcher: graceful.watcher(),
+            first_request,
+            deadline,
+        };
+        let tls = tls.clone();
         telemetry::connection_opened(name);
-        let first_deadline = limits.header_read_timeout;
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = tokio::time::sleep(first_deadline) => {
-                    if first_request.load(Ordering::Relaxed) {
-                        conn.as_mut().await
-                    } else {
-                        telemetry::connection_timed_out(name);
-                        Ok(())
+            match tls {
+                None => conn.run(stream, service).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => conn.run(stream, service).await,
+                        Ok(Err(e)) => {
+                            telemetry::tls_handshake_failed();
+                            tracing::debug!(listener = name, error = %e, "tls handshake failed");
+                        }
+                        Err(_) => telemetry::tls_handshake_failed(),
                     }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
             telemetry::connection_closed(name);
             drop(permit);

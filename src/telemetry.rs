@@ -27,6 +27,8 @@ pub const CLICKLOG_FSYNC: &str = "clickedge_clicklog_fsync_duration_seconds";
 pub const CLICKLOG_OVERFLOW: &str = "clickedge_clicklog_overflow_total";
 pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
+pub const TLS_RELOADS: &str = "clickedge_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "clickedge_tls_handshake_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -97,6 +99,11 @@ fn describe_and_zero() {
         "Failed click-log writes (retried; the batch is kept)."
     );
     describe_gauge!(CLICKLOG_SEGMENTS, "Click-log segment files on disk.");
+    describe_counter!(TLS_RELOADS, "Certificate reloads after the files changed, by result (ok, failed: the old certificate keeps serving).");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out."
+    );
     for listener in ["edge", "admin"] {
         counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
         counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).absolute(0);
@@ -242,6 +249,14 @@ pub fn clicklog_fsynced(took: Duration) {
 pub fn clicklog_write_failed(e: &std::io::Error) {
     counter!(CLICKLOG_WRITE_ERRORS).increment(1);
     tracing::error!(error = %e, "clicklog: write or fsync failed; retrying, queued clicks kept");
+}
+
+pub fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+pub fn tls_handshake_failed() {
+    counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }
 
 pub fn clicklog_segments(n: usize) {

@@ -80,19 +80,18 @@ pub fn fixture(links: usize) -> Fixture {
         Arc::new(StatsIndex::default()),
     )
     .unwrap();
+    let cookie_cfg = CookieConfig {
+        name: "ce_click".into(),
+        max_age_secs: 604_800,
+    };
     let edge = Edge {
         links: shared,
         ids: ClickIds::new(&master),
         salts: Arc::new(salts),
         clicklog,
         trusted_proxies: vec![],
-        cookie: CookieTemplate::new(
-            &CookieConfig {
-                name: "ce_click".into(),
-                max_age_secs: 604_800,
-            },
-            false,
-        ),
+        cookie: CookieTemplate::new(&cookie_cfg, false),
+        secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
     };
     Fixture {
@@ -118,7 +117,7 @@ pub fn redirect_and_encode(
         location,
         cookie,
         ..
-    } = decide(&fx.edge, req, ip, now_ms)
+    } = decide(&fx.edge, req, ip, false, now_ms)
     else {
         panic!("expected a redirect")
     };

@@ -25,6 +25,8 @@ pub struct Edge {
     pub clicklog: ClickLog,
     pub trusted_proxies: Vec<IpNet>,
     pub cookie: CookieTemplate,
+    /// The same cookie with `Secure`, for requests that came over TLS.
+    pub secure_cookie: CookieTemplate,
     pub metrics: EdgeMetrics,
 }
 

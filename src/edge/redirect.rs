@@ -6,7 +6,7 @@
 //! click-log hand-off (the only place that may wait, and only under the
 //! `backpressure` overflow policy) and the response.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::clicklog::Recorded;
 use crate::clicks::{bots, ClickEvent, ClientText, Signals, MAX_SUB_BYTES};
 use crate::links::template::{query_param, Vars};
 use crate::links::{validate::is_valid_code, LinkState};
-use crate::server::Body;
+use crate::server::{Body, Peer};
 
 static NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -55,7 +55,14 @@ pub enum Decision {
 
 /// Decides the answer to a request for `/{code}`. Pure apart from the
 /// clock and the random click id.
-pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> Decision {
+/// `secure` says the request came over TLS (the cookie gets `Secure`).
+pub fn decide<B>(
+    edge: &Edge,
+    req: &Request<B>,
+    peer: IpAddr,
+    secure: bool,
+    now_ms: i64,
+) -> Decision {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Decision::MethodNotAllowed;
     }
@@ -91,7 +98,12 @@ pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> De
     let Ok(location) = location else {
         return Decision::BadRequest;
     };
-    let cookie = edge.cookie.render(click_id.as_str());
+    let cookie = if secure {
+        &edge.secure_cookie
+    } else {
+        &edge.cookie
+    }
+    .render(click_id.as_str());
     let headers = req.headers();
     let ip = client_ip(peer, headers, &edge.trusted_proxies);
     let ip_hash = edge.salts.hash(ip, now_ms as u64);
@@ -122,14 +134,14 @@ pub fn decide<B>(edge: &Edge, req: &Request<B>, peer: IpAddr, now_ms: i64) -> De
 }
 
 /// Serves one request on the public listener.
-pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let m = &edge.metrics;
     if req.uri().path().starts_with("/_") {
         m.reserved.increment(1);
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
-    match decide(&edge, &req, peer.ip(), crate::time::now_ms()) {
+    match decide(&edge, &req, peer.addr.ip(), peer.tls, crate::time::now_ms()) {
         Decision::Redirect {
             status,
             location,

@@ -18,6 +18,8 @@ pub struct Server {
     child: Option<Child>,
     pub edge: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS edge, when `[edge.tls]` is configured.
+    pub edge_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -82,13 +84,15 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let (mut edge, mut admin) = (None, None);
+        let (mut edge, mut admin, mut edge_tls) = (None, None, None);
         let deadline = Instant::now() + START_TIMEOUT;
         while edge.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((name, addr)) if name == "edge.listen" => edge = addr,
                 Ok((name, addr)) if name == "admin.listen" => admin = addr,
+                // Bound before the plain listeners, so seen before them.
+                Ok((name, addr)) if name == "edge.tls.listen" => edge_tls = addr,
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
@@ -103,6 +107,7 @@ impl Server {
             child: Some(child),
             edge: edge.unwrap(),
             admin: admin.unwrap(),
+            edge_tls,
             data_dir: dir.to_owned(),
             _tmp: None,
             log,
