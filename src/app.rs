@@ -241,13 +241,8 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> 
 
 /// Picks up tokens and links written by other processes (the CLI).
 async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::time::Ticker::new(every, shutdown);
+    while ticker.tick().await {
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.poll()).await {
             Ok(Ok(())) => {}
@@ -259,12 +254,8 @@ async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationTo
 
 /// Steps the IP-hash salt at epoch boundaries and forgets old salts.
 async fn tick_salts(salts: Arc<SaltRatchet>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SALT_TICK);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::time::Ticker::new(SALT_TICK, shutdown);
+    while ticker.tick().await {
         let salts = salts.clone();
         let now = crate::time::now_ms() as u64;
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || salts.tick(now)).await {

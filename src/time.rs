@@ -2,6 +2,32 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
+/// A periodic tick for background chores that ends at shutdown. Missed
+/// ticks are delayed, not bunched up after a stall.
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Ticker {
+    pub fn new(
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Ticker {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, shutdown }
+    }
+
+    /// Waits for the next tick; `false` once shutdown has begun.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

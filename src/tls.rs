@@ -106,13 +106,8 @@ pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
 /// Reloads the certificate whenever its files change, until `shutdown`.
 pub async fn watch(certs: Arc<CertStore>, every: Duration, shutdown: CancellationToken) {
     let mut seen = certs.stamp();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::time::Ticker::new(every, shutdown);
+    while ticker.tick().await {
         let stamp = certs.stamp();
         if stamp == seen {
             continue;

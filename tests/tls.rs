@@ -92,20 +92,43 @@ async fn get_h1(tls: &mut TlsStream<TcpStream>, path: &str) -> String {
     String::from_utf8_lossy(&buf).to_lowercase()
 }
 
-async fn with_link(server: &Server) {
-    let api = Api::new(server, server.token("acme"));
-    api.link(json!({"code": "tls", "destination": "https://shop.example/p"}))
-        .await;
+/// A server with a TLS listener on a fresh self-signed pair in `dir`, and
+/// one link, `/tls`.
+struct Fixture {
+    dir: tempfile::TempDir,
+    pem: Pem,
+    server: Server,
+    tls_addr: SocketAddr,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = self_signed();
+        write_pair(dir.path(), &pem);
+        let server = start_tls(dir.path());
+        let tls_addr = server.edge_tls.expect("the TLS listener is announced");
+        let api = Api::new(&server, server.token("acme"));
+        api.link(json!({"code": "tls", "destination": "https://shop.example/p"}))
+            .await;
+        Fixture {
+            dir,
+            pem,
+            server,
+            tls_addr,
+        }
+    }
 }
 
 #[tokio::test]
 async fn https_answers_h1_and_h2_redirects_with_a_secure_cookie() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = self_signed();
-    write_pair(dir.path(), &pem);
-    let server = start_tls(dir.path());
-    let tls_addr = server.edge_tls.expect("the TLS listener is announced");
-    with_link(&server).await;
+    // `_dir` keeps the certificate files alive for the whole test.
+    let Fixture {
+        dir: _dir,
+        pem,
+        server,
+        tls_addr,
+    } = Fixture::start().await;
 
     let mut h1 = handshake(tls_addr, &pem.der, b"http/1.1").await.unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -150,12 +173,12 @@ async fn https_answers_h1_and_h2_redirects_with_a_secure_cookie() {
 
 #[tokio::test]
 async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay() {
-    let dir = tempfile::tempdir().unwrap();
-    let old = self_signed();
-    write_pair(dir.path(), &old);
-    let server = start_tls(dir.path());
-    let tls_addr = server.edge_tls.unwrap();
-    with_link(&server).await;
+    let Fixture {
+        dir,
+        pem: old,
+        server,
+        tls_addr,
+    } = Fixture::start().await;
 
     let mut open = handshake(tls_addr, &old.der, b"http/1.1").await.unwrap();
     assert!(get_h1(&mut open, "/tls").await.starts_with("http/1.1 302"));
@@ -186,12 +209,12 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay()
 
 #[tokio::test]
 async fn a_broken_pair_on_disk_is_logged_and_the_old_certificate_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = self_signed();
-    write_pair(dir.path(), &pem);
-    let server = start_tls(dir.path());
-    let tls_addr = server.edge_tls.unwrap();
-    with_link(&server).await;
+    let Fixture {
+        dir,
+        pem,
+        server,
+        tls_addr,
+    } = Fixture::start().await;
     std::fs::write(
         dir.path().join("cert.pem"),
         "-----BEGIN CERTIFICATE-----\nnot base64\n",
@@ -213,12 +236,13 @@ async fn a_broken_pair_on_disk_is_logged_and_the_old_certificate_keeps_serving()
 
 #[tokio::test]
 async fn garbage_on_the_tls_port_is_dropped_and_the_edge_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = self_signed();
-    write_pair(dir.path(), &pem);
-    let server = start_tls(dir.path());
-    let tls_addr = server.edge_tls.unwrap();
-    with_link(&server).await;
+    // `_dir` keeps the certificate files alive for the whole test.
+    let Fixture {
+        dir: _dir,
+        pem,
+        server,
+        tls_addr,
+    } = Fixture::start().await;
     for junk in [
         &b"GET /tls HTTP/1.1\r\nHost: x\r\n\r\n"[..],
         &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0][..],
