@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -153,11 +154,12 @@ pub async fn serve(
     // start-up with the key named.
     let tls = match &config.edge.tls {
         Some(t) => {
-            let certs = Arc::new(crate::tls::CertStore::open(&t.cert, &t.key)?);
+            let (certs, loaded) = crate::tls::CertStore::open(&t.cert, &t.key)?;
+            let certs = Arc::new(certs);
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
             let listener = bind("edge.tls.listen", t.listen)?;
-            Some((t, certs, acceptor, listener))
+            Some((t, certs, loaded, acceptor, listener))
         }
         None => None,
     };
@@ -167,16 +169,17 @@ pub async fn serve(
         header_read_timeout: config.edge.header_read_timeout,
         max_header_bytes: config.edge.max_header_bytes,
         max_headers: config.edge.max_headers,
-        max_connections: config.edge.max_connections.get(),
+        // One limit for the plain and the TLS edge together.
+        connection_slots: Arc::new(Semaphore::new(config.edge.max_connections.get())),
         shutdown_grace: config.edge.shutdown_grace,
     };
     let admin_limits = HttpLimits {
-        max_connections: ADMIN_MAX_CONNECTIONS,
+        connection_slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
         ..edge_limits.clone()
     };
 
     let tasks = TaskTracker::new();
-    if let Some((t, certs, acceptor, listener)) = tls {
+    if let Some((t, certs, loaded, acceptor, listener)) = tls {
         let edge = edge.clone();
         tasks.spawn(server::serve(
             "edge_tls",
@@ -188,6 +191,7 @@ pub async fn serve(
         ));
         tasks.spawn(crate::tls::watch(
             certs,
+            loaded,
             t.reload_interval,
             shutdown.clone(),
         ));

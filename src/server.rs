@@ -46,7 +46,8 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
-    pub max_connections: usize,
+    /// Open-connection slots; listeners that share a limit share this.
+    pub connection_slots: Arc<Semaphore>,
     pub shutdown_grace: Duration,
 }
 
@@ -150,7 +151,7 @@ pub async fn serve<H, F>(
 {
     let builder = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::clone(&limits.connection_slots);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -205,7 +206,10 @@ pub async fn serve<H, F>(
                             telemetry::tls_handshake_failed();
                             tracing::debug!(listener = name, error = %e, "tls handshake failed");
                         }
-                        Err(_) => telemetry::tls_handshake_failed(),
+                        Err(_) => {
+                            telemetry::tls_handshake_failed();
+                            telemetry::connection_timed_out(name);
+                        }
                     }
                 }
             }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -38,28 +38,51 @@ pub struct CertStore {
     key_path: PathBuf,
 }
 
+/// A digest of both files' contents. Contents, not modification times: a
+/// renewal writes the two files separately, possibly within one timestamp
+/// tick, and a check between the writes must not hide the second one.
+type Fingerprint = blake3::Hash;
+
+/// Both files as read at one moment.
+struct Pair {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Pair {
+    fn read(cert_path: &Path, key_path: &Path) -> Result<Pair, TlsError> {
+        let cert = std::fs::read(cert_path).map_err(|e| TlsError::Cert {
+            path: cert_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let key = std::fs::read(key_path).map_err(|e| TlsError::Key {
+            path: key_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Pair { cert, key })
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        let mut h = blake3::Hasher::new();
+        h.update(&(self.cert.len() as u64).to_le_bytes());
+        h.update(&self.cert);
+        h.update(&self.key);
+        h.finalize()
+    }
+}
+
 impl CertStore {
     /// Loads the pair; any problem is an error naming the config key.
-    pub fn open(cert_path: &Path, key_path: &Path) -> Result<CertStore, TlsError> {
-        let key = load(cert_path, key_path)?;
-        Ok(CertStore {
+    /// Returns the store and the fingerprint of what it loaded.
+    pub fn open(cert_path: &Path, key_path: &Path) -> Result<(CertStore, Fingerprint), TlsError> {
+        let pair = Pair::read(cert_path, key_path)?;
+        let key = certified_key(&pair, cert_path, key_path)?;
+        let store = CertStore {
             current: ArcSwap::from_pointee(key),
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
-        })
-    }
-
-    /// Re-reads the files; on error the old certificate stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let key = load(&self.cert_path, &self.key_path)?;
-        self.current.store(Arc::new(key));
-        Ok(())
-    }
-
-    /// The newest modification time of the two files (None if unreadable).
-    fn stamp(&self) -> Option<SystemTime> {
-        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some(m(&self.cert_path)?.max(m(&self.key_path)?))
+        };
+        Ok((store, pair.fingerprint()))
     }
 }
 
@@ -69,7 +92,7 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+fn certified_key(pair: &Pair, cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_err = |message: String| TlsError::Cert {
         path: cert_path.display().to_string(),
         message,
@@ -78,14 +101,13 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
         path: key_path.display().to_string(),
         message,
     };
-    let chain = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| cert_err(e.to_string()))?
+    let chain = CertificateDer::pem_slice_iter(&pair.cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_err(e.to_string()))?;
     if chain.is_empty() {
         return Err(cert_err("no PEM certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| key_err(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|e| key_err(e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| key_err(format!("not usable with the certificate: {e}")))
@@ -103,24 +125,44 @@ pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
-/// Reloads the certificate whenever its files change, until `shutdown`.
-pub async fn watch(certs: Arc<CertStore>, every: Duration, shutdown: CancellationToken) {
-    let mut seen = certs.stamp();
+/// Reloads the certificate whenever its files' contents change, until
+/// `shutdown`. `loaded` is the fingerprint [`CertStore::open`] returned.
+pub async fn watch(
+    certs: Arc<CertStore>,
+    mut loaded: Fingerprint,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // The contents that last failed to load: not retried (nor logged again)
+    // until the files change once more, e.g. the second half of a renewal.
+    let mut failed: Option<Fingerprint> = None;
     let mut ticker = crate::time::Ticker::new(every, shutdown);
     while ticker.tick().await {
-        let stamp = certs.stamp();
-        if stamp == seen {
+        let pair = match Pair::read(&certs.cert_path, &certs.key_path) {
+            Ok(pair) => pair,
+            Err(e) => {
+                if failed.is_none() {
+                    crate::telemetry::tls_reloaded(false);
+                    tracing::warn!(error = %e, "tls: cannot read the certificate files; the previous certificate keeps serving");
+                }
+                failed = Some(Fingerprint::from([0; 32]));
+                continue;
+            }
+        };
+        let seen = pair.fingerprint();
+        if seen == loaded || Some(seen) == failed {
             continue;
         }
-        // A pair caught half-written fails here and is read again when the
-        // writer's next change moves the modification time.
-        seen = stamp;
-        match certs.reload() {
-            Ok(()) => {
+        match certified_key(&pair, &certs.cert_path, &certs.key_path) {
+            Ok(key) => {
+                certs.current.store(Arc::new(key));
+                loaded = seen;
+                failed = None;
                 crate::telemetry::tls_reloaded(true);
                 tracing::info!("tls: certificate reloaded");
             }
             Err(e) => {
+                failed = Some(seen);
                 crate::telemetry::tls_reloaded(false);
                 tracing::warn!(error = %e, "tls: reload failed; the previous certificate keeps serving");
             }

@@ -40,7 +40,7 @@ fn write_pair(dir: &Path, pem: &Pem) {
     std::fs::write(dir.join("cert.pem"), &pem.cert).unwrap();
 }
 
-fn start_tls(dir: &Path) -> Server {
+fn start_tls(dir: &Path, header_timeout_ms: &str) -> Server {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     Server::start_with(&[
@@ -48,6 +48,7 @@ fn start_tls(dir: &Path) -> Server {
         ("CLICKEDGE_EDGE__TLS__CERT", cert.to_str().unwrap()),
         ("CLICKEDGE_EDGE__TLS__KEY", key.to_str().unwrap()),
         ("CLICKEDGE_EDGE__TLS__RELOAD_INTERVAL_MS", "100"),
+        ("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", header_timeout_ms),
     ])
 }
 
@@ -102,11 +103,17 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Idle connections are kept for a minute, so that tests holding one
+    /// open across slow steps are not timed out by the server.
     async fn start() -> Fixture {
+        Fixture::start_with_header_timeout("60000").await
+    }
+
+    async fn start_with_header_timeout(ms: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pem = self_signed();
         write_pair(dir.path(), &pem);
-        let server = start_tls(dir.path());
+        let server = start_tls(dir.path(), ms);
         let tls_addr = server.edge_tls.expect("the TLS listener is announced");
         let api = Api::new(&server, server.token("acme"));
         api.link(json!({"code": "tls", "destination": "https://shop.example/p"}))
@@ -260,6 +267,35 @@ async fn garbage_on_the_tls_port_is_dropped_and_the_edge_keeps_serving() {
     server.stop();
 }
 
+#[tokio::test]
+async fn a_client_that_stalls_in_the_handshake_is_disconnected_at_the_header_deadline() {
+    let Fixture {
+        dir: _dir,
+        pem,
+        server,
+        tls_addr,
+    } = Fixture::start_with_header_timeout("500").await;
+    // Silent, then a ClientHello record header with no body.
+    for stall in [&b""[..], &[0x16, 0x03, 0x01][..]] {
+        let mut tcp = TcpStream::connect(tls_addr).await.unwrap();
+        tcp.write_all(stall).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{stall:?}: expected a close, got {read:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{stall:?}: closed before the deadline"
+        );
+    }
+    let mut tls = handshake(tls_addr, &pem.der, b"http/1.1").await.unwrap();
+    assert!(get_h1(&mut tls, "/tls").await.starts_with("http/1.1 302"));
+    server.stop();
+}
+
 #[test]
 fn bad_certificate_files_stop_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,12 +342,16 @@ fn bad_certificate_files_stop_start_up_naming_the_key() {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         let data = tempfile::tempdir().unwrap();
-        let out = common::command(data.path(), &env)
+        let mut child = common::command(data.path(), &env)
             .arg("serve")
-            .output()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(!out.status.success(), "{case}: started");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // A regression that starts anyway fails here instead of hanging.
+        let status = common::wait_timeout(&mut child, Duration::from_secs(20));
+        assert!(!status.success(), "{case}: started");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         assert!(err.contains(named), "{case}: {err}");
     }
 }

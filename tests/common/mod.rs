@@ -224,7 +224,7 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
