@@ -1,14 +1,16 @@
 //! HTTP plumbing shared by the edge and admin listeners: binding, the
 //! connection limit, hyper's limits in one place, and graceful shutdown.
 //!
-//! Shutdown order: stop accepting → ask every connection to finish its
-//! in-flight requests (`GracefulShutdown`) → wait up to the grace period →
-//! return, so the caller can flush the click log.
+//! Every connection must start its first request (TLS handshake included)
+//! within the header timeout, and is closed once idle that long: h1 and h2
+//! alike. Shutdown order: stop accepting → ask every connection to finish
+//! its in-flight requests → wait up to the grace period, then drop what is
+//! left → return, so the caller can flush the click log.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +20,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::telemetry;
 
@@ -59,14 +61,74 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// Requests in flight on one connection and when it was last busy, so an
+/// idle connection is closed whatever its protocol (hyper does it for idle
+/// h1 keep-alive, but an h2 client could otherwise sit on a slot forever).
+struct Activity {
+    epoch: tokio::time::Instant,
+    started: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `epoch` when a request last began or ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing has been in flight (zero while a request is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Marks one request in flight until dropped (answered, or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.started.store(true, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One accepted connection, ready to be served over any transport.
 struct Conn {
     name: &'static str,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    first_request: Arc<AtomicBool>,
+    activity: Arc<Activity>,
     /// The first request must have started by then.
     deadline: tokio::time::Instant,
+    /// Idle this long (no request in flight) and the connection is closed.
+    idle: Duration,
+    /// Shutdown began: finish in-flight requests, accept no new ones.
+    drain: CancellationToken,
+    /// The grace period is over: drop the connection.
+    stop: CancellationToken,
 }
 
 impl Conn {
@@ -85,21 +147,43 @@ impl Conn {
             .builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        let conn = self.watcher.watch(conn);
         let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = tokio::time::sleep_until(self.deadline) => {
-                if self.first_request.load(Ordering::Relaxed) {
-                    conn.as_mut().await
-                } else {
-                    telemetry::connection_timed_out(self.name);
-                    Ok(())
+        let mut draining = false;
+        let mut closing_idle = false;
+        let mut check = tokio::time::interval_at(self.deadline, self.idle);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.drain.cancelled(), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                _ = self.stop.cancelled() => return,
+                _ = check.tick() => {
+                    if !self.activity.started.load(Ordering::Relaxed) {
+                        // hyper's version sniff has no deadline of its own.
+                        telemetry::connection_timed_out(self.name);
+                        return;
+                    }
+                    let idle = self.activity.idle_for() >= self.idle;
+                    if idle && closing_idle {
+                        // Told to go away a period ago and still here (an h2
+                        // peer that never acknowledges the GOAWAY): drop it.
+                        return;
+                    }
+                    if idle && !draining {
+                        telemetry::connection_timed_out(self.name);
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                        closing_idle = true;
+                    }
                 }
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
         }
     }
 }
@@ -150,7 +234,8 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let builder = Arc::new(builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let slots = Arc::clone(&limits.connection_slots);
     loop {
         let (stream, peer) = tokio::select! {
@@ -176,27 +261,31 @@ pub async fn serve<H, F>(
             addr: peer,
             tls: tls.is_some(),
         };
-        // hyper's version sniff (h1 or the h2 preface) has no deadline of its
-        // own, so a client that sends nothing would hold its slot forever.
-        // The TLS handshake counts against the same deadline.
+        // The first request (TLS handshake included) must start within the
+        // header timeout, and a connection idle that long is closed.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let first_request = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&first_request);
+        let activity = Activity::new();
+        let tracked = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
+            let in_flight = InFlight::begin(&tracked);
             let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let _in_flight = in_flight;
+                Ok::<_, Infallible>(fut.await)
+            }
         });
         let conn = Conn {
             name,
             builder: Arc::clone(&builder),
-            watcher: graceful.watcher(),
-            first_request,
+            activity,
             deadline,
+            idle: limits.header_read_timeout,
+            drain: shutdown.clone(),
+            stop: stop.clone(),
         };
         let tls = tls.clone();
         telemetry::connection_opened(name);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match tls {
                 None => conn.run(stream, service).await,
                 Some(acceptor) => {
@@ -218,12 +307,15 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {
+        _ = connections.wait() => {
             tracing::info!(listener = name, "all connections finished");
         }
         _ = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(listener = name, "grace period over; closing remaining connections");
+            stop.cancel();
+            connections.wait().await;
         }
     }
 }

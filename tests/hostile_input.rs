@@ -1010,6 +1010,36 @@ fn h2_read_statuses(s: &mut TcpStream, streams: &[u32]) -> Vec<(u32, Option<u16>
     got
 }
 
+/// hyper closes idle h1 keep-alive connections itself; an h2 client that
+/// got its answer and then sits idle must not keep its slot either.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
+    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "500")]).await;
+    let mut s = connect(f.server.edge);
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    out.extend(h2_frame(
+        H2_HEADERS,
+        H2_END_STREAM | H2_END_HEADERS,
+        1,
+        &h2_get(&format!("/{CODE}")),
+    ));
+    s.write_all(&out).unwrap();
+    assert_eq!(h2_read_statuses(&mut s, &[1]), [(1, Some(302))]);
+    let started = Instant::now();
+    let reply = read_reply(&mut s, DISCONNECT_BOUND);
+    assert!(
+        reply.closed(),
+        "an idle h2 connection stayed open: {reply:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed at once"
+    );
+    f.assert_healthy("idle h2").await;
+    f.finish().await;
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_is_served() {
     let f = Fixture::start().await;
