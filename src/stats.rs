@@ -163,7 +163,6 @@ impl StatsIndex {
         let hours: Hours = self
             .links
             .get(code)
-            .filter(|_| from_ms < to_ms)
             .map(|link| {
                 let lo = from_ms.div_euclid(HOUR_MS);
                 let hi = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS);
@@ -177,12 +176,10 @@ impl StatsIndex {
             let mut visitors = HashSet::new();
             let lo = start.max(from_ms).div_euclid(HOUR_MS);
             let hi = (end.min(to_ms) + HOUR_MS - 1).div_euclid(HOUR_MS);
-            if lo < hi {
-                for (_, b) in hours.range(lo, hi) {
-                    c.clicks += b.clicks;
-                    c.bot_clicks += b.bots;
-                    visitors.extend(b.visitors.iter().copied());
-                }
+            for (_, b) in hours.range(lo, hi) {
+                c.clicks += b.clicks;
+                c.bot_clicks += b.bots;
+                visitors.extend(b.visitors.iter().copied());
             }
             c.human_clicks = c.clicks - c.bot_clicks;
             c.unique_visitors = visitors.len() as u64;

@@ -76,7 +76,7 @@ fn describe_and_zero() {
     );
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
-        "Connections closed because no request arrived within header_read_timeout_ms."
+        "Connections closed for starting no request, or for idling, longer than header_read_timeout_ms."
     );
     describe_gauge!(
         CLICKLOG_QUEUE_DEPTH,

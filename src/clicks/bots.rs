@@ -101,16 +101,15 @@ impl BotClassifier {
     }
 }
 
+/// The verdict the request's signals give, for a browser-like agent.
 fn classify_signals(signals: Signals) -> Option<BotReason> {
-    {
-        if signals.prefetch {
-            return Some(BotReason::Prefetch);
-        }
-        if signals.head {
-            return Some(BotReason::Head);
-        }
-        None
+    if signals.prefetch {
+        return Some(BotReason::Prefetch);
     }
+    if signals.head {
+        return Some(BotReason::Head);
+    }
+    None
 }
 
 /// A [`BotClassifier`] that remembers the verdicts of recent user agents.

@@ -95,7 +95,7 @@ impl Template {
     }
 
     /// Builds the `Location` for one request. `query` is the raw request
-    /// query (already restricted to URI characters by the HTTP parser).
+    /// query; bytes a `Location` must not carry are percent-encoded.
     pub fn render(&self, vars: &Vars<'_>, query: Option<&str>) -> String {
         let mut out = String::with_capacity(self.capacity_hint(vars, query));
         self.render_into(vars, query, &mut out);
@@ -103,7 +103,7 @@ impl Template {
     }
 
     /// Upper bound of the rendered length, for sizing buffers.
-    pub fn capacity_hint(&self, vars: &Vars<'_>, query: Option<&str>) -> usize {
+    fn capacity_hint(&self, vars: &Vars<'_>, query: Option<&str>) -> usize {
         self.literal_len
             + 2 * vars.click_id.len()
             + vars.sub.len() * 3
