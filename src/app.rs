@@ -35,9 +35,11 @@ const SALT_TICK: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "full mode ([kafka], [clickhouse]) is not available in this build yet; remove those sections to run embedded"
+        "full mode needs both [kafka] (clicks are shipped there) and [clickhouse] (stats are read there); only {0} is set"
     )]
-    FullModeUnavailable,
+    HalfFullMode(&'static str),
+    #[error(transparent)]
+    Ship(#[from] crate::ship::ShipError),
     #[error("data_dir {path}: {source}")]
     DataDir {
         path: String,
@@ -72,9 +74,12 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    if config.kafka.is_some() || config.clickhouse.is_some() {
-        return Err(ServeError::FullModeUnavailable);
-    }
+    let full = match (&config.kafka, &config.clickhouse) {
+        (Some(k), Some(c)) => Some((k.clone(), c.clone())),
+        (None, None) => None,
+        (Some(_), None) => return Err(ServeError::HalfFullMode("[kafka]")),
+        (None, Some(_)) => return Err(ServeError::HalfFullMode("[clickhouse]")),
+    };
     let data_dir = config.data_dir.clone();
     let dir_err = |source| ServeError::DataDir {
         path: data_dir.display().to_string(),
@@ -122,12 +127,39 @@ pub async fn serve(
             fsync_interval: config.clicklog.fsync_interval,
             segment_bytes: config.clicklog.segment_bytes,
             snapshot_interval: config.stats.snapshot_interval,
-            retention: config.retention.as_duration(),
+            retention: config
+                .kafka
+                .is_none()
+                .then(|| config.retention.as_duration()),
             edge_node: config.edge.node_id.clone(),
         },
         stats.clone(),
     )
     .map_err(ServeError::ClickLog)?;
+
+    // Full mode: the shipper follows the click log into Kafka.
+    let shipper = match &full {
+        Some((kafka, _)) => {
+            crate::telemetry::pipeline_zero(false);
+            Some(crate::ship::spawn(
+                crate::ship::ShipperConfig {
+                    kafka: kafka.clone(),
+                    data_dir: data_dir.clone(),
+                    client_id: format!("clickedge-serve-{}", config.edge.node_id),
+                    shutdown_grace: config.edge.shutdown_grace,
+                },
+                clicklog.backlog_flag(),
+            )?)
+        }
+        None => None,
+    };
+    let warehouse = match (&full, &shipper) {
+        (Some((_, ch)), Some(s)) => Some(crate::admin::Warehouse {
+            client: crate::warehouse::client(ch),
+            ship: s.status.clone(),
+        }),
+        _ => None,
+    };
 
     let edge = Arc::new(Edge {
         links: table.clone(),
@@ -142,6 +174,7 @@ pub async fn serve(
     let admin = Arc::new(Admin {
         store: store.clone(),
         stats,
+        warehouse,
         clicklog,
         metrics,
         public_url: config.edge.public_url.clone(),
@@ -219,7 +252,11 @@ pub async fn serve(
     ));
     tasks.spawn(tick_salts(salts, shutdown.clone()));
     tasks.close();
-    tracing::info!(node = %config.edge.node_id, "clickedge serving (embedded mode)");
+    tracing::info!(
+        node = %config.edge.node_id,
+        mode = if full.is_some() { "full" } else { "embedded" },
+        "clickedge serving"
+    );
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
@@ -228,6 +265,10 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError::ClickLog(std::io::Error::other(e)))?;
     flushed.map_err(ServeError::ClickLog)?;
+    if let Some(shipper) = shipper {
+        // The log is flushed: ship its end while the grace period lasts.
+        let _ = tokio::task::spawn_blocking(move || shipper.shutdown()).await;
+    }
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())

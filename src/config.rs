@@ -142,21 +142,40 @@ pub struct StatsConfig {
     pub snapshot_interval: Duration,
 }
 
+/// `[kafka]`: its presence switches `serve` to full mode.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub brokers: String,
+    /// Partitions of topics clickedge creates (existing topics are kept).
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Producer batching delay (librdkafka `linger.ms`).
+    pub linger: Duration,
+    /// Records in flight to the broker at most (librdkafka's queue bound).
+    pub queue_max_messages: u32,
+    /// A record not acknowledged within this is re-sent from the click log.
+    pub message_timeout: Duration,
+    /// Unshipped click log beyond this: the edge applies `clicklog.overflow`.
+    pub max_backlog_bytes: u64,
+    /// Consumer group of `clickedge sink`.
+    pub group_id: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
+    pub user: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub batch_rows: NonZeroU32,
     pub batch_interval: Duration,
+    pub max_batch_bytes: NonZeroUsize,
+    /// `/metrics` and `/healthz` of the sink process.
+    pub metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +298,45 @@ struct RawStats {
 #[serde(deny_unknown_fields)]
 struct RawKafka {
     brokers: String,
+    #[serde(default = "kafka_defaults::partitions")]
+    partitions: i32,
+    #[serde(default = "kafka_defaults::replication_factor")]
+    replication_factor: i32,
+    #[serde(default = "kafka_defaults::linger_ms")]
+    linger_ms: u64,
+    #[serde(default = "kafka_defaults::queue_max_messages")]
+    queue_max_messages: u32,
+    #[serde(default = "kafka_defaults::message_timeout_ms")]
+    message_timeout_ms: u64,
+    #[serde(default = "kafka_defaults::max_backlog_bytes")]
+    max_backlog_bytes: u64,
+    #[serde(default = "kafka_defaults::group_id")]
+    group_id: String,
+}
+
+/// Defaults of the optional `[kafka]` section (documented in default.toml).
+mod kafka_defaults {
+    pub fn partitions() -> i32 {
+        6
+    }
+    pub fn replication_factor() -> i32 {
+        1
+    }
+    pub fn linger_ms() -> u64 {
+        5
+    }
+    pub fn queue_max_messages() -> u32 {
+        100_000
+    }
+    pub fn message_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_backlog_bytes() -> u64 {
+        4 << 30
+    }
+    pub fn group_id() -> String {
+        "clickedge-sink".into()
+    }
 }
 
 #[derive(Deserialize)]
@@ -286,6 +344,14 @@ struct RawKafka {
 struct RawClickHouse {
     url: String,
     database: String,
+    #[serde(default = "default_clickhouse_user")]
+    user: String,
+    #[serde(default)]
+    password: String,
+}
+
+fn default_clickhouse_user() -> String {
+    "default".into()
 }
 
 #[derive(Deserialize)]
@@ -293,6 +359,8 @@ struct RawClickHouse {
 struct RawSink {
     batch_rows: u32,
     batch_interval_ms: u64,
+    max_batch_bytes: usize,
+    metrics_listen: String,
 }
 
 #[derive(Deserialize)]
@@ -377,15 +445,7 @@ impl Config {
                 1,
             )?),
         };
-        let kafka = raw
-            .kafka
-            .map(|k| {
-                if k.brokers.trim().is_empty() {
-                    return Err(invalid("kafka.brokers", "must list at least one host:port"));
-                }
-                Ok(KafkaConfig { brokers: k.brokers })
-            })
-            .transpose()?;
+        let kafka = raw.kafka.map(validate_kafka).transpose()?;
         let clickhouse = raw
             .clickhouse
             .map(|c| {
@@ -405,6 +465,8 @@ impl Config {
                 Ok(ClickHouseConfig {
                     url: c.url,
                     database: c.database,
+                    user: c.user,
+                    password: c.password,
                 })
             })
             .transpose()?;
@@ -412,6 +474,13 @@ impl Config {
             batch_rows: NonZeroU32::new(raw.sink.batch_rows)
                 .ok_or_else(|| invalid("sink.batch_rows", "must be at least 1"))?,
             batch_interval: millis("sink.batch_interval_ms", raw.sink.batch_interval_ms)?,
+            max_batch_bytes: NonZeroUsize::new(at_least(
+                "sink.max_batch_bytes",
+                raw.sink.max_batch_bytes,
+                64 * 1024,
+            )?)
+            .expect("at least 64 KiB"),
+            metrics_listen: parse_addr("sink.metrics_listen", &raw.sink.metrics_listen)?,
         };
         let retention = RetentionConfig {
             days: NonZeroU32::new(raw.retention.days)
@@ -494,6 +563,40 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
         max_headers: at_least("edge.max_headers", raw.max_headers, 8)?,
         shutdown_grace: millis("edge.shutdown_grace_ms", raw.shutdown_grace_ms)?,
         tls: raw.tls.map(validate_tls).transpose()?,
+    })
+}
+
+fn validate_kafka(k: RawKafka) -> Result<KafkaConfig, ConfigError> {
+    if k.brokers.trim().is_empty() || k.brokers.split(',').any(|b| !b.trim().contains(':')) {
+        return Err(invalid(
+            "kafka.brokers",
+            "must be a comma-separated list of host:port",
+        ));
+    }
+    if !(1..=1024).contains(&k.partitions) {
+        return Err(invalid("kafka.partitions", "must be between 1 and 1024"));
+    }
+    if !(1..=16).contains(&k.replication_factor) {
+        return Err(invalid(
+            "kafka.replication_factor",
+            "must be between 1 and 16",
+        ));
+    }
+    if k.linger_ms > 10_000 {
+        return Err(invalid("kafka.linger_ms", "must be at most 10000"));
+    }
+    if k.group_id.is_empty() || k.group_id.len() > 255 {
+        return Err(invalid("kafka.group_id", "must be 1-255 characters"));
+    }
+    Ok(KafkaConfig {
+        brokers: k.brokers,
+        partitions: k.partitions,
+        replication_factor: k.replication_factor,
+        linger: Duration::from_millis(k.linger_ms),
+        queue_max_messages: at_least("kafka.queue_max_messages", k.queue_max_messages, 1000)?,
+        message_timeout: millis("kafka.message_timeout_ms", k.message_timeout_ms)?,
+        max_backlog_bytes: at_least("kafka.max_backlog_bytes", k.max_backlog_bytes, 1 << 20)?,
+        group_id: k.group_id,
     })
 }
 

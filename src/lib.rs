@@ -2,7 +2,8 @@
 //!
 //! The modules follow a click: `edge` answers it, `links` knows where it
 //! goes, `clicks` describes it, `clicklog` makes it durable, `stats` counts
-//! it, and `admin` lets operators manage links and read the counts.
+//! it, `ship` forwards it to Kafka and `sink` loads it into ClickHouse (full
+//! mode), and `admin` lets operators manage links and read the counts.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,9 +16,12 @@ pub mod fsutil;
 pub mod keys;
 pub mod links;
 pub mod server;
+pub mod ship;
+pub mod sink;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod tokens;
+pub mod warehouse;

@@ -33,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run the edge, the admin API and metrics in one process.
     Serve,
+    /// Load click events from Kafka into ClickHouse (full mode); needs
+    /// `[kafka]` and `[clickhouse]`.
+    Sink,
     /// Create, list and revoke admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve => serve(config),
+        Command::Sink => sink(config),
         Command::Token(cmd) => token(&config, cmd),
         Command::CheckConfig => {
             println!("{config:#?}");
@@ -99,6 +103,41 @@ fn serve(config: Config) -> anyhow::Result<()> {
             signals.cancel();
         });
         clickedge::app::serve(config, Some(metrics), shutdown).await
+    })?;
+    Ok(())
+}
+
+fn sink(config: Config) -> anyhow::Result<()> {
+    let (Some(kafka), Some(clickhouse)) = (config.kafka.clone(), config.clickhouse.clone()) else {
+        anyhow::bail!(
+            "`sink` needs both [kafka] brokers and [clickhouse] url/database in the config"
+        );
+    };
+    clickedge::telemetry::init_tracing(&config.log);
+    let metrics = clickedge::telemetry::install_metrics()
+        .map_err(anyhow::Error::msg)
+        .context("installing the metrics recorder")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("clickedge-sink")
+        .build()
+        .context("starting the runtime")?;
+    let settings = clickedge::sink::SinkSettings {
+        kafka,
+        clickhouse,
+        sink: config.sink.clone(),
+        retention: config.retention.clone(),
+        client_id: format!("clickedge-sink-{}", config.edge.node_id),
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        clickedge::sink::run(settings, Some(metrics), shutdown).await
     })?;
     Ok(())
 }

@@ -110,6 +110,7 @@ fn describe_and_zero() {
     }
     counter!(CLICKLOG_WRITE_ERRORS).absolute(0);
     counter!(CLICKLOG_EVENTS).absolute(0);
+    describe_pipeline();
 }
 
 /// Logs go to stderr, one line per event, text or JSON.
@@ -261,4 +262,143 @@ pub fn tls_handshake_failed() {
 
 pub fn clicklog_segments(n: usize) {
     gauge!(CLICKLOG_SEGMENTS).set(n as f64);
+}
+
+// ---- full mode: the shipper (serve) and the sink ---------------------------
+
+pub const SHIP_BACKLOG_BYTES: &str = "clickedge_ship_backlog_bytes";
+pub const SHIP_INFLIGHT: &str = "clickedge_ship_inflight_records";
+pub const SHIP_OLDEST_AGE: &str = "clickedge_ship_oldest_unshipped_age_seconds";
+pub const SHIP_BACKLOG_FULL: &str = "clickedge_ship_backlog_full";
+pub const SHIP_SENT: &str = "clickedge_ship_sent_total";
+pub const SHIP_DELIVERED: &str = "clickedge_ship_delivered_total";
+pub const SHIP_DELIVERY_ERRORS: &str = "clickedge_ship_delivery_errors_total";
+pub const KAFKA_CLIENT_ERRORS: &str = "clickedge_kafka_client_errors_total";
+pub const SINK_ROWS: &str = "clickedge_sink_rows_inserted_total";
+pub const SINK_BATCH_ROWS: &str = "clickedge_sink_batch_rows";
+pub const SINK_INSERT_DURATION: &str = "clickedge_sink_insert_duration_seconds";
+pub const SINK_INSERT_FAILURES: &str = "clickedge_sink_insert_failures_total";
+pub const SINK_DEAD_LETTERS: &str = "clickedge_sink_dead_letters_total";
+pub const SINK_LAST_INSERT: &str = "clickedge_sink_last_insert_timestamp_seconds";
+pub const SINK_LAG: &str = "clickedge_sink_consumer_lag_records";
+pub const SINK_PARTITIONS_DROPPED: &str = "clickedge_sink_partitions_dropped_total";
+
+fn describe_pipeline() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        SHIP_BACKLOG_BYTES,
+        Unit::Bytes,
+        "Click-log bytes not yet acknowledged by Kafka."
+    );
+    describe_gauge!(
+        SHIP_INFLIGHT,
+        "Records sent to Kafka and not yet confirmed."
+    );
+    describe_gauge!(
+        SHIP_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest click not yet acknowledged by Kafka (0 when none)."
+    );
+    describe_gauge!(SHIP_BACKLOG_FULL, "1 while the unshipped log is over kafka.max_backlog_bytes (the edge applies clicklog.overflow).");
+    describe_counter!(
+        SHIP_SENT,
+        "Click records handed to the Kafka producer (re-sends included)."
+    );
+    describe_counter!(SHIP_DELIVERED, "Click records acknowledged by Kafka.");
+    describe_counter!(
+        SHIP_DELIVERY_ERRORS,
+        "Failed deliveries (the records are re-sent from the click log)."
+    );
+    describe_counter!(
+        KAFKA_CLIENT_ERRORS,
+        "Errors reported by the Kafka client (broker down, connection refused, ...)."
+    );
+    describe_counter!(SINK_ROWS, "Rows inserted into ClickHouse, by table.");
+    describe_histogram!(SINK_BATCH_ROWS, "Rows per ClickHouse insert.");
+    describe_histogram!(
+        SINK_INSERT_DURATION,
+        Unit::Seconds,
+        "ClickHouse insert latency."
+    );
+    describe_counter!(
+        SINK_INSERT_FAILURES,
+        "Failed ClickHouse inserts (retried with backoff; offsets not committed)."
+    );
+    describe_counter!(
+        SINK_DEAD_LETTERS,
+        "Undecodable or wrong-version records written to dead_letters, by reason."
+    );
+    describe_gauge!(
+        SINK_LAST_INSERT,
+        Unit::Seconds,
+        "Unix time of the last successful ClickHouse insert."
+    );
+    describe_gauge!(
+        SINK_LAG,
+        "Records in the subscribed partitions not yet committed by the sink."
+    );
+    describe_counter!(
+        SINK_PARTITIONS_DROPPED,
+        "ClickHouse partitions dropped by retention."
+    );
+}
+
+pub fn ship_backlog(bytes: u64, inflight: usize, oldest_age_secs: f64, full: bool) {
+    gauge!(SHIP_BACKLOG_BYTES).set(bytes as f64);
+    gauge!(SHIP_INFLIGHT).set(inflight as f64);
+    gauge!(SHIP_OLDEST_AGE).set(oldest_age_secs);
+    gauge!(SHIP_BACKLOG_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+pub fn ship_sent(n: u64) {
+    counter!(SHIP_SENT).increment(n);
+}
+
+pub fn ship_delivered(n: u64) {
+    counter!(SHIP_DELIVERED).increment(n);
+}
+
+pub fn ship_delivery_failed(e: &rdkafka::error::KafkaError) {
+    counter!(SHIP_DELIVERY_ERRORS).increment(1);
+    tracing::debug!(error = %e, "ship: delivery failed");
+}
+
+pub fn kafka_client_error() {
+    counter!(KAFKA_CLIENT_ERRORS).increment(1);
+}
+
+pub fn sink_inserted(table: &'static str, rows: usize, took: Duration) {
+    counter!(SINK_ROWS, "table" => table).increment(rows as u64);
+    histogram!(SINK_BATCH_ROWS).record(rows as f64);
+    histogram!(SINK_INSERT_DURATION).record(took.as_secs_f64());
+    gauge!(SINK_LAST_INSERT).set(crate::time::now_ms() as f64 / 1000.0);
+}
+
+pub fn sink_insert_failed() {
+    counter!(SINK_INSERT_FAILURES).increment(1);
+}
+
+pub fn sink_dead_letter(reason: &'static str) {
+    counter!(SINK_DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+pub fn sink_lag(records: i64) {
+    gauge!(SINK_LAG).set(records as f64);
+}
+
+pub fn sink_partition_dropped() {
+    counter!(SINK_PARTITIONS_DROPPED).increment(1);
+}
+
+/// Counters of the pipeline registered at zero, so rates work from the start.
+pub fn pipeline_zero(sink: bool) {
+    if sink {
+        counter!(SINK_INSERT_FAILURES).absolute(0);
+        counter!(SINK_PARTITIONS_DROPPED).absolute(0);
+    } else {
+        counter!(SHIP_DELIVERY_ERRORS).absolute(0);
+        counter!(SHIP_SENT).absolute(0);
+        counter!(SHIP_DELIVERED).absolute(0);
+    }
+    counter!(KAFKA_CLIENT_ERRORS).absolute(0);
 }

@@ -74,7 +74,7 @@ pub fn fixture(links: usize) -> Fixture {
             fsync_interval: Duration::from_millis(50),
             segment_bytes: 64 << 20,
             snapshot_interval: Duration::from_secs(3600),
-            retention: Duration::from_secs(90 * 86_400),
+            retention: Some(Duration::from_secs(90 * 86_400)),
             edge_node: "bench".into(),
         },
         Arc::new(StatsIndex::default()),

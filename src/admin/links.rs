@@ -339,8 +339,27 @@ impl Admin {
                 "range too large: at most {MAX_SERIES_POINTS} buckets"
             )));
         }
-        let (totals, series): (Counts, Vec<SeriesPoint>) =
-            self.stats.query(&link.code, from, to, interval);
+        let (totals, series): (Counts, Vec<SeriesPoint>) = match &self.warehouse {
+            // On the blocking pool (see `route`), so waiting here is fine.
+            Some(w) => tokio::runtime::Handle::current()
+                .block_on(crate::warehouse::link_stats(
+                    &w.client,
+                    &link.tenant,
+                    &link.code,
+                    from,
+                    to,
+                    interval,
+                ))
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "admin: stats query failed");
+                    ApiError::new(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "stats_unavailable",
+                        "stats are read from ClickHouse, which did not answer; retry shortly",
+                    )
+                })?,
+            None => self.stats.query(&link.code, from, to, interval),
+        };
         Ok(serde_json::json!({
             "code": link.code,
             "from": crate::time::rfc3339(from),

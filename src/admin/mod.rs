@@ -26,12 +26,20 @@ use error::{json_response, ApiError};
 pub struct Admin {
     pub store: Arc<Store>,
     pub stats: Arc<StatsIndex>,
+    /// Full mode: stats come from ClickHouse, readiness includes Kafka.
+    pub warehouse: Option<Warehouse>,
     pub clicklog: ClickLog,
     pub metrics: Option<PrometheusHandle>,
     pub public_url: String,
     pub default_redirect: u16,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+}
+
+/// What the admin API reads in full mode.
+pub struct Warehouse {
+    pub client: clickhouse::Client,
+    pub ship: Arc<crate::ship::ShipStatus>,
 }
 
 type Routed = (&'static str, Result<Response<Body>, ApiError>);
@@ -193,7 +201,17 @@ impl Admin {
     /// Ready when the link table is loaded (it is before the listener
     /// binds) and the click-log writer is running.
     fn readiness(&self) -> Response<Body> {
-        if self.clicklog.is_alive() {
+        let kafka_down = self.warehouse.as_ref().is_some_and(|w| {
+            !w.ship
+                .kafka_reachable
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        if kafka_down {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reason": "kafka unreachable (clicks are kept in the local log)"}),
+            )
+        } else if self.clicklog.is_alive() {
             ok_json(serde_json::json!({
                 "status": "ready",
                 "links": self.store.table().load().len(),

@@ -51,6 +51,9 @@ pub struct ClickLog {
     policy: OverflowPolicy,
     wait: Duration,
     alive: Arc<AtomicBool>,
+    /// Set by the Kafka shipper while the unshipped log is over its bound:
+    /// the log then counts as full and the overflow policy applies.
+    backlog_full: Arc<AtomicBool>,
 }
 
 impl ClickLog {
@@ -66,12 +69,25 @@ impl ClickLog {
             policy,
             wait,
             alive,
+            backlog_full: Arc::default(),
         }
+    }
+
+    /// The flag the shipper raises while its backlog is over the bound.
+    pub fn backlog_flag(&self) -> Arc<AtomicBool> {
+        self.backlog_full.clone()
+    }
+
+    fn try_send(&self, msg: Msg) -> Result<(), TrySendError<Msg>> {
+        if self.backlog_full.load(Ordering::Relaxed) {
+            return Err(TrySendError::Full(msg));
+        }
+        self.tx.try_send(msg)
     }
 
     /// Hands one click to the writer, applying the overflow policy.
     pub async fn record(&self, event: ClickEvent) -> Recorded {
-        let event = match self.tx.try_send(Msg::Click(event)) {
+        let event = match self.try_send(Msg::Click(event)) {
             Ok(()) => return Recorded::Queued,
             Err(TrySendError::Disconnected(_)) => return Recorded::Refused,
             Err(TrySendError::Full(msg)) => msg,
@@ -89,7 +105,7 @@ impl ClickLog {
         let deadline = Instant::now() + self.wait;
         while Instant::now() < deadline {
             tokio::time::sleep(BACKPRESSURE_POLL).await;
-            match self.tx.try_send(msg) {
+            match self.try_send(msg) {
                 Ok(()) => return Recorded::Queued,
                 Err(TrySendError::Disconnected(_)) => return Recorded::Refused,
                 Err(TrySendError::Full(m)) => msg = m,

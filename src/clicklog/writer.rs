@@ -39,7 +39,9 @@ pub struct WriterConfig {
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
     pub snapshot_interval: Duration,
-    pub retention: Duration,
+    /// Segments last written longer ago are deleted. `None` in full mode,
+    /// where the shipper deletes segments once Kafka has them.
+    pub retention: Option<Duration>,
     pub edge_node: String,
 }
 
@@ -227,7 +229,9 @@ impl Writer {
                 tracing::info!(position = ?self.position, "clicklog: flushed and closed");
                 return Ok(());
             }
-            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            if self.cfg.retention.is_some()
+                && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+            {
                 self.apply_retention();
                 last_retention = Some(Instant::now());
             }
@@ -292,7 +296,12 @@ impl Writer {
 
     fn retention_cutoff_ms(&self) -> i64 {
         let now = chrono::Utc::now().timestamp_millis();
-        now - self.cfg.retention.as_millis() as i64
+        now - self
+            .cfg
+            .retention
+            .unwrap_or(Duration::MAX)
+            .as_millis()
+            .min(i64::MAX as u128) as i64
     }
 
     /// Deletes closed segments last written before the retention cut-off.
@@ -300,7 +309,13 @@ impl Writer {
         let Ok(seqs) = segments::list(&self.dir) else {
             return;
         };
-        let cutoff = SystemTime::now() - self.cfg.retention;
+        let Some(cutoff) = self
+            .cfg
+            .retention
+            .and_then(|r| SystemTime::now().checked_sub(r))
+        else {
+            return;
+        };
         let mut live = 0;
         for seq in seqs {
             let path = segments::segment_path(&self.dir, seq);

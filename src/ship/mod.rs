@@ -1,0 +1,561 @@
+//! The click log → Kafka shipper (full mode).
+//!
+//! The click log stays the first hop: the edge never waits for Kafka. One
+//! thread follows the log ([`Tail`]) and produces every line, as written, to
+//! `clickedge.clicks` with an idempotent producer. Delivery reports arrive
+//! in any order across partitions; the *confirmed* position only moves past
+//! a record once it and every record before it are acknowledged. That
+//! position is saved to `ship.position` and whole segments before it are
+//! deleted, so a restart resumes where Kafka's acknowledgements ended.
+//!
+//! Failures never lose records, they only re-send them: when a delivery
+//! fails (timeout while the broker is down, a fatal producer error), the
+//! shipper lets everything in flight resolve, rewinds to the confirmed
+//! position and reads the log again from there. Duplicates on the wire are
+//! removed in ClickHouse by `click_id`.
+//!
+//! While Kafka is unreachable the log grows on disk; beyond
+//! `kafka.max_backlog_bytes` the shipper raises the click log's backlog
+//! flag and the edge applies `clicklog.overflow` (503 by default).
+
+pub mod topics;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use crate::clicklog::segments::{self, Position, Tail};
+use crate::config::KafkaConfig;
+use crate::telemetry;
+
+const POSITION_FILE: &str = "ship.position";
+/// How long the shipper waits for delivery reports when it has nothing to send.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+/// Lines read from the log per round, at most.
+const READ_BATCH_LINES: usize = 10_000;
+/// Saving the position, trimming, gauges and the reachability probe.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Pause after a failed log read or producer creation.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("kafka producer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("ship position {path}: {source}")]
+    Position {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What `serve` needs to run the shipper.
+pub struct ShipperConfig {
+    pub kafka: KafkaConfig,
+    pub data_dir: PathBuf,
+    pub client_id: String,
+    /// How long shutdown waits for Kafka to acknowledge what is left.
+    pub shutdown_grace: Duration,
+}
+
+/// State the admin API reads.
+#[derive(Default)]
+pub struct ShipStatus {
+    /// The last reachability probe (or delivery) succeeded.
+    pub kafka_reachable: AtomicBool,
+}
+
+/// Owns the shipper thread.
+pub struct ShipperHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub status: Arc<ShipStatus>,
+}
+
+impl ShipperHandle {
+    /// Ships what the log holds (until the grace period ends), saves the
+    /// confirmed position and stops. Call after the click-log writer has
+    /// flushed, so the last clicks are in the log.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the shipper thread. `backlog_full` is the click log's flag.
+pub fn spawn(
+    cfg: ShipperConfig,
+    backlog_full: Arc<AtomicBool>,
+) -> Result<ShipperHandle, ShipError> {
+    let confirmed = load_position(&cfg.data_dir)?;
+    tracing::info!(from = ?confirmed, "ship: resuming from the confirmed position");
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(ShipStatus::default());
+    let mut shipper = Shipper {
+        log_dir: cfg.data_dir.join(segments::DIR_NAME),
+        tail: Tail::new(&cfg.data_dir.join(segments::DIR_NAME), confirmed),
+        inflight: Inflight::new(confirmed),
+        saved: confirmed,
+        rewinding: false,
+        backlog_full,
+        status: status.clone(),
+        stop: stop.clone(),
+        cfg,
+    };
+    let thread = std::thread::Builder::new()
+        .name("kafka-shipper".into())
+        .spawn(move || shipper.run())
+        .map_err(|source| ShipError::Position {
+            path: "thread".into(),
+            source,
+        })?;
+    Ok(ShipperHandle {
+        stop,
+        thread: Some(thread),
+        status,
+    })
+}
+
+/// Records sent and not yet confirmed, in log order.
+struct Inflight {
+    /// (position after the record, its delivery state)
+    queue: VecDeque<(Position, Delivery)>,
+    /// Sequence number of `queue[0]`.
+    first_no: usize,
+    next_no: usize,
+    /// Records without a delivery report yet.
+    unresolved: usize,
+    confirmed: Position,
+    failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Pending,
+    Acked,
+    Failed,
+}
+
+impl Inflight {
+    fn new(confirmed: Position) -> Inflight {
+        Inflight {
+            queue: VecDeque::new(),
+            first_no: 0,
+            next_no: 0,
+            unresolved: 0,
+            confirmed,
+            failed: false,
+        }
+    }
+
+    fn push(&mut self, end: Position) -> usize {
+        let no = self.next_no;
+        self.queue.push_back((end, Delivery::Pending));
+        self.next_no += 1;
+        self.unresolved += 1;
+        no
+    }
+
+    /// Applies a delivery report. Reports from before a [`reset`] are
+    /// ignored.
+    fn delivered(&mut self, no: usize, ok: bool) {
+        let Some(slot) = no
+            .checked_sub(self.first_no)
+            .and_then(|i| self.queue.get_mut(i))
+        else {
+            return;
+        };
+        if slot.1 != Delivery::Pending {
+            return;
+        }
+        slot.1 = if ok {
+            Delivery::Acked
+        } else {
+            Delivery::Failed
+        };
+        self.unresolved -= 1;
+        self.failed |= !ok;
+        while let Some(&(end, Delivery::Acked)) = self.queue.front() {
+            self.queue.pop_front();
+            self.first_no += 1;
+            self.confirmed = end;
+        }
+    }
+
+    /// Records sent and not yet confirmed.
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// After a failure, once every record has its report: forget them and
+    /// start over from the confirmed position with fresh sequence numbers.
+    fn reset(&mut self) {
+        self.queue.clear();
+        self.first_no = self.next_no;
+        self.unresolved = 0;
+        self.failed = false;
+    }
+}
+
+/// Collects delivery reports; the shipper drains them after each poll.
+struct ShipContext {
+    reports: Mutex<Vec<(usize, bool)>>,
+    last_error_log: Mutex<Option<Instant>>,
+}
+
+/// librdkafka repeats connection errors every few hundred ms while a broker
+/// is down; one line per this interval is enough.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl ClientContext for ShipContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_client_error();
+        let mut last = self.last_error_log.lock().expect("not poisoned");
+        if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(%error, reason, "ship: kafka client error (clicks wait in the local log)");
+        }
+    }
+}
+
+impl ProducerContext for ShipContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, no: usize) {
+        let ok = result.is_ok();
+        if let Err((e, _)) = result {
+            telemetry::ship_delivery_failed(e);
+        }
+        self.reports.lock().expect("not poisoned").push((no, ok));
+    }
+}
+
+type ClickProducer = BaseProducer<ShipContext>;
+
+struct Shipper {
+    cfg: ShipperConfig,
+    log_dir: PathBuf,
+    tail: Tail,
+    inflight: Inflight,
+    saved: Position,
+    /// A delivery failed: send nothing until in-flight records resolve.
+    rewinding: bool,
+    backlog_full: Arc<AtomicBool>,
+    status: Arc<ShipStatus>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shipper {
+    fn run(&mut self) {
+        let mut topics_ready = false;
+        let mut last_housekeeping: Option<Instant> = None;
+        let mut reports = Vec::new();
+        let mut producer = None;
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            let Some(p) = producer.as_ref() else {
+                match self.producer() {
+                    Ok(p) => producer = Some(p),
+                    Err(e) => {
+                        tracing::error!(error = %e, "ship: cannot create the kafka producer");
+                        if self.stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                }
+                continue;
+            };
+            // 1. Send what the log holds beyond what is in flight.
+            let mut sent = 0;
+            if !self.rewinding {
+                sent = self.send_from_log(p);
+            }
+            // 2. Delivery reports (waits briefly when there was nothing to send).
+            p.poll(if sent == 0 { IDLE_POLL } else { Duration::ZERO });
+            std::mem::swap(
+                &mut reports,
+                &mut *p.context().reports.lock().expect("not poisoned"),
+            );
+            let mut delivered = 0u64;
+            for (no, ok) in reports.drain(..) {
+                self.inflight.delivered(no, ok);
+                delivered += u64::from(ok);
+            }
+            if delivered > 0 {
+                telemetry::ship_delivered(delivered);
+                self.status.kafka_reachable.store(true, Ordering::Relaxed);
+            }
+            if self.inflight.failed && !self.rewinding {
+                tracing::warn!(
+                    confirmed = ?self.inflight.confirmed,
+                    "ship: a delivery failed; re-sending from the confirmed position once in-flight records resolve"
+                );
+                self.rewinding = true;
+            }
+            if self.rewinding && self.inflight.unresolved == 0 {
+                self.inflight.reset();
+                self.tail = Tail::new(&self.log_dir, self.inflight.confirmed);
+                self.rewinding = false;
+                if let Some((code, reason)) = p.client().fatal_error() {
+                    tracing::error!(
+                        ?code,
+                        reason,
+                        "ship: fatal producer error; starting a new producer"
+                    );
+                    producer = None;
+                    continue;
+                }
+            }
+            // 3. Housekeeping.
+            if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
+                let stopping = stopping_since.is_some();
+                self.housekeeping(p, stopping);
+                if !topics_ready && !stopping {
+                    // Blocks for a few seconds while the broker is down;
+                    // clicks keep accumulating in the log meanwhile.
+                    topics_ready =
+                        topics::ensure(&self.cfg.kafka, &self.cfg.client_id, topics::SERVE_TOPICS);
+                }
+                last_housekeeping = Some(Instant::now());
+            }
+            // 4. Shutdown: everything read and confirmed, or out of time.
+            if self.stop.load(Ordering::Relaxed) {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                let drained = self.inflight.len() == 0 && sent == 0 && !self.inflight.failed;
+                if drained || since.elapsed() >= self.cfg.shutdown_grace {
+                    break;
+                }
+            }
+        }
+        self.save_position();
+        let left = segments::bytes_after(&self.log_dir, self.inflight.confirmed).unwrap_or(0);
+        tracing::info!(
+            confirmed = ?self.inflight.confirmed,
+            unshipped_bytes = left,
+            "ship: stopped (anything unshipped is sent at the next start)"
+        );
+    }
+
+    fn producer(&self) -> Result<ClickProducer, KafkaError> {
+        let k = &self.cfg.kafka;
+        ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .set("client.id", &self.cfg.client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", k.linger.as_millis().to_string())
+            .set(
+                "queue.buffering.max.messages",
+                k.queue_max_messages.to_string(),
+            )
+            .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
+            .set(
+                "message.timeout.ms",
+                k.message_timeout.as_millis().to_string(),
+            )
+            .set_log_level(RDKafkaLogLevel::Warning)
+            .create_with_context(ShipContext {
+                reports: Mutex::new(Vec::new()),
+                last_error_log: Mutex::new(None),
+            })
+    }
+
+    /// Produces up to one read batch of lines; returns how many were sent.
+    fn send_from_log(&mut self, p: &ClickProducer) -> usize {
+        let room = (self.cfg.kafka.queue_max_messages as usize)
+            .saturating_sub(self.inflight.len())
+            .min(READ_BATCH_LINES);
+        if room == 0 {
+            return 0;
+        }
+        let mut sent = 0;
+        let inflight = &mut self.inflight;
+        let read = self.tail.read(room, |line, end| {
+            let no = inflight.next_no;
+            let record =
+                BaseRecord::<(), [u8], usize>::with_opaque_to(topics::CLICKS, no).payload(line);
+            // Refused (the producer's queue is full): the tail stays
+            // before this line and reads it again next round.
+            let taken = p.send(record).is_ok();
+            if taken {
+                inflight.push(end);
+                sent += 1;
+            }
+            taken
+        });
+        if let Err(e) = read {
+            tracing::error!(error = %e, "ship: cannot read the click log");
+            std::thread::sleep(RETRY_PAUSE);
+        }
+        telemetry::ship_sent(sent as u64);
+        sent
+    }
+
+    fn housekeeping(&mut self, p: &ClickProducer, stopping: bool) {
+        self.save_position();
+        self.trim();
+        let backlog = segments::bytes_after(&self.log_dir, self.inflight.confirmed).unwrap_or(0);
+        let over = backlog > self.cfg.kafka.max_backlog_bytes;
+        if over != self.backlog_full.swap(over, Ordering::Relaxed) {
+            if over {
+                tracing::error!(
+                    backlog,
+                    max = self.cfg.kafka.max_backlog_bytes,
+                    "ship: unshipped click log over kafka.max_backlog_bytes; the edge applies clicklog.overflow"
+                );
+            } else {
+                tracing::info!(backlog, "ship: backlog back under its bound");
+            }
+        }
+        let oldest_age = segments::line_at(&self.log_dir, self.inflight.confirmed)
+            .ok()
+            .flatten()
+            .and_then(|line| event_ts_ms(&line))
+            .map(|ts| (crate::time::now_ms() - ts).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        telemetry::ship_backlog(backlog, self.inflight.len(), oldest_age, over);
+        if !stopping {
+            let reachable = p
+                .client()
+                .fetch_metadata(Some(topics::CLICKS), PROBE_TIMEOUT)
+                .is_ok();
+            self.status
+                .kafka_reachable
+                .store(reachable, Ordering::Relaxed);
+        }
+    }
+
+    fn save_position(&mut self) {
+        let at = self.inflight.confirmed;
+        if at == self.saved {
+            return;
+        }
+        match store_position(&self.cfg.data_dir, at) {
+            Ok(()) => self.saved = at,
+            Err(e) => tracing::warn!(error = %e, "ship: cannot save the confirmed position"),
+        }
+    }
+
+    /// Deletes segments wholly confirmed (and so in Kafka).
+    fn trim(&self) {
+        let Ok(seqs) = segments::list(&self.log_dir) else {
+            return;
+        };
+        // Only once the position is saved: a restart must never resume
+        // inside a deleted segment it has not confirmed.
+        for seq in seqs.into_iter().filter(|s| *s < self.saved.segment) {
+            match std::fs::remove_file(segments::segment_path(&self.log_dir, seq)) {
+                Ok(()) => tracing::debug!(segment = seq, "ship: shipped segment deleted"),
+                Err(e) => {
+                    tracing::warn!(segment = seq, error = %e, "ship: cannot delete a shipped segment")
+                }
+            }
+        }
+    }
+}
+
+/// librdkafka's in-memory bound besides the record count (256 MiB).
+const QUEUE_MAX_KBYTES: u32 = 256 * 1024;
+
+/// The event time of a click-log line.
+fn event_ts_ms(line: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Ts<'a> {
+        #[serde(borrow)]
+        ts: &'a str,
+    }
+    let ts: Ts = serde_json::from_slice(line).ok()?;
+    chrono::DateTime::parse_from_rfc3339(ts.ts)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn load_position(data_dir: &Path) -> Result<Position, ShipError> {
+    let path = data_dir.join(POSITION_FILE);
+    let err = |source| ShipError::Position {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(std::io::Error::other(e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Position::default()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn store_position(data_dir: &Path, at: Position) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(&at).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(&data_dir.join(POSITION_FILE), &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(offset: u64) -> Position {
+        Position { segment: 1, offset }
+    }
+
+    #[test]
+    fn confirmed_moves_only_over_a_contiguous_acknowledged_prefix() {
+        let mut f = Inflight::new(pos(0));
+        let a = f.push(pos(10));
+        let b = f.push(pos(20));
+        let c = f.push(pos(30));
+        f.delivered(b, true);
+        f.delivered(c, true);
+        assert_eq!(f.confirmed, pos(0));
+        f.delivered(a, true);
+        assert_eq!(f.confirmed, pos(30));
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn a_failure_holds_confirmed_before_the_failed_record() {
+        let mut f = Inflight::new(pos(0));
+        let a = f.push(pos(10));
+        let b = f.push(pos(20));
+        let c = f.push(pos(30));
+        f.delivered(a, true);
+        f.delivered(b, false);
+        assert_eq!(f.unresolved, 1);
+        f.delivered(c, true);
+        assert!(f.failed);
+        assert_eq!(f.unresolved, 0);
+        assert_eq!(f.confirmed, pos(10));
+        assert_eq!(f.len(), 2);
+        f.reset();
+        assert_eq!(f.len(), 0);
+        // Sequence numbers after a reset never collide with old reports.
+        let d = f.push(pos(20));
+        f.delivered(c, true);
+        assert_eq!(f.confirmed, pos(10));
+        f.delivered(d, true);
+        assert_eq!(f.confirmed, pos(20));
+    }
+
+    #[test]
+    fn event_time_is_read_from_the_line() {
+        let line = br#"{"v":1,"click_id":"x","ts":"2026-01-02T03:04:05.678Z"}"#;
+        assert_eq!(event_ts_ms(line), Some(1_767_323_045_678));
+    }
+}

@@ -1,0 +1,429 @@
+//! `clickedge sink`: Kafka → ClickHouse.
+//!
+//! A consumer in group `[kafka] group_id` reads `clickedge.clicks`, gathers
+//! rows into a batch (`[sink] batch_rows`, `max_batch_bytes`,
+//! `batch_interval_ms`, whichever first), inserts the batch, and only then
+//! commits the batch's offsets. A failed insert is retried with backoff and
+//! nothing is committed meanwhile, so a crash at any point re-delivers
+//! rather than loses; `clicks` de-duplicates by `click_id`.
+//!
+//! Records that cannot be loaded (not JSON, another schema version, missing
+//! fields) go to the `dead_letters` table with the reason and the raw
+//! payload; they never stop the sink. A retention task drops day partitions
+//! older than `[retention] days`.
+
+pub mod decode;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClickHouseConfig, KafkaConfig, RetentionConfig, SinkConfig};
+use crate::server::{self, Body, HttpLimits};
+use crate::ship::topics;
+use crate::telemetry;
+use crate::warehouse::{self, ClickRow, DeadLetterRow};
+use decode::Decoded;
+
+/// First pause after a failed insert; doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const LAG_EVERY: Duration = Duration::from_secs(10);
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot listen on {addr} (sink.metrics_listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct SinkSettings {
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub sink: SinkConfig,
+    pub retention: RetentionConfig,
+    pub client_id: String,
+}
+
+/// Runs the sink until `shutdown`.
+pub async fn run(
+    cfg: SinkSettings,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
+    telemetry::pipeline_zero(true);
+    let listener = server::bind(cfg.sink.metrics_listen).map_err(|source| SinkError::Bind {
+        addr: cfg.sink.metrics_listen,
+        source,
+    })?;
+    if let Ok(addr) = listener.local_addr() {
+        // Tests and scripts read this line to learn the port.
+        tracing::info!(listener = "sink.metrics_listen", %addr, "listening");
+    }
+    let metrics_task = tokio::spawn(server::serve(
+        "sink_metrics",
+        listener,
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(64)),
+            shutdown_grace: Duration::from_secs(1),
+        },
+        None,
+        shutdown.clone(),
+        move |req, _| {
+            let metrics = metrics.clone();
+            async move { metrics_answer(req.uri().path(), metrics.as_ref()) }
+        },
+    ));
+
+    // ClickHouse schema and Kafka topics, retried until both are there.
+    let mut backoff = Backoff::default();
+    while let Err(e) = warehouse::ensure_schema(&cfg.clickhouse).await {
+        tracing::warn!(error = %e, "sink: cannot create the ClickHouse schema yet; retrying");
+        if !backoff.wait(&shutdown).await {
+            return Ok(());
+        }
+    }
+    tracing::info!(database = %cfg.clickhouse.database, "sink: ClickHouse schema ready");
+    let mut backoff = Backoff::default();
+    loop {
+        let (kafka, id) = (cfg.kafka.clone(), cfg.client_id.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            topics::ensure(&kafka, &id, &[topics::CLICKS, topics::CONVERSIONS])
+        })
+        .await
+        .unwrap_or(false);
+        if ok || !backoff.wait(&shutdown).await {
+            break;
+        }
+    }
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+
+    let consumer: StreamConsumer<SinkContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("client.id", &cfg.client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(SinkContext::default())?;
+    consumer.subscribe(&[topics::CLICKS])?;
+    tracing::info!(group = %cfg.kafka.group_id, topic = topics::CLICKS, "sink: consuming");
+
+    let ch = warehouse::client(&cfg.clickhouse);
+    let retention = tokio::spawn(retention_task(
+        ch.clone(),
+        cfg.clickhouse.database.clone(),
+        cfg.retention.days.get(),
+        shutdown.clone(),
+    ));
+    let mut batch = Batch::default();
+    let mut last_lag: Option<Instant> = None;
+    let recv_errors = RateLimitedLog::default();
+    loop {
+        let deadline = batch
+            .first_at
+            .map(|t| tokio::time::Instant::from_std(t + cfg.sink.batch_interval));
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = sleep_until(deadline) => {}
+            msg = consumer.recv() => match msg {
+                Ok(m) => batch.add(&m),
+                Err(e) => recv_errors.warn(|| tracing::warn!(error = %e, "sink: kafka receive error")),
+            },
+        }
+        let full = batch.rows() >= cfg.sink.batch_rows.get() as usize
+            || batch.bytes >= cfg.sink.max_batch_bytes.get();
+        let due = batch
+            .first_at
+            .is_some_and(|t| t.elapsed() >= cfg.sink.batch_interval);
+        if (full || due) && !flush(&ch, &consumer, &mut batch, &shutdown).await {
+            break;
+        }
+        if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+            report_lag(&consumer);
+            last_lag = Some(Instant::now());
+        }
+    }
+    // Stopping: load what is gathered if ClickHouse takes it at once;
+    // otherwise it is re-delivered at the next start.
+    if batch.rows() > 0 && insert_batch(&ch, &batch).await.is_ok() {
+        commit(&consumer, &batch);
+    }
+    let _ = retention.await;
+    let _ = metrics_task.await;
+    tracing::info!("sink: stopped");
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Rows gathered since the last commit, and the offsets they cover.
+#[derive(Default)]
+struct Batch {
+    clicks: Vec<ClickRow>,
+    dead: Vec<DeadLetterRow>,
+    /// Highest offset seen per (topic, partition).
+    offsets: BTreeMap<(String, i32), i64>,
+    bytes: usize,
+    first_at: Option<Instant>,
+}
+
+impl Batch {
+    fn add(&mut self, m: &impl Message) {
+        let payload = m.payload().unwrap_or_default();
+        match decode::click(payload) {
+            Decoded::Click(row) => self.clicks.push(*row),
+            Decoded::Poison(reason) => {
+                telemetry::sink_dead_letter(reason.label());
+                self.dead.push(DeadLetterRow {
+                    received_at: (crate::time::now_ms() / 1000) as u32,
+                    topic: m.topic().to_owned(),
+                    kafka_partition: m.partition(),
+                    kafka_offset: m.offset(),
+                    reason: reason.to_string(),
+                    payload: decode::payload_text(payload),
+                });
+            }
+        }
+        self.bytes += payload.len();
+        self.first_at.get_or_insert_with(Instant::now);
+        let at = self
+            .offsets
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(m.offset());
+        *at = (*at).max(m.offset());
+    }
+
+    fn rows(&self) -> usize {
+        self.clicks.len() + self.dead.len()
+    }
+
+    fn clear(&mut self) {
+        self.clicks.clear();
+        self.dead.clear();
+        self.offsets.clear();
+        self.bytes = 0;
+        self.first_at = None;
+    }
+}
+
+/// Inserts the batch (retrying until ClickHouse takes it), then commits.
+/// Returns false if shutdown came first (nothing committed).
+async fn flush(
+    ch: &clickhouse::Client,
+    consumer: &StreamConsumer<SinkContext>,
+    batch: &mut Batch,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::default();
+    loop {
+        match insert_batch(ch, batch).await {
+            Ok(()) => break,
+            Err(e) => {
+                telemetry::sink_insert_failed();
+                tracing::warn!(
+                    error = %e,
+                    rows = batch.rows(),
+                    retry_in = ?backoff.next,
+                    "sink: insert failed; retrying (offsets not committed)"
+                );
+                if !backoff.wait(shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+    commit(consumer, batch);
+    batch.clear();
+    true
+}
+
+async fn insert_batch(
+    ch: &clickhouse::Client,
+    batch: &Batch,
+) -> Result<(), warehouse::WarehouseError> {
+    if !batch.dead.is_empty() {
+        let started = Instant::now();
+        warehouse::insert(ch, warehouse::DEAD_LETTERS_TABLE, &batch.dead).await?;
+        telemetry::sink_inserted("dead_letters", batch.dead.len(), started.elapsed());
+    }
+    if !batch.clicks.is_empty() {
+        let started = Instant::now();
+        warehouse::insert(ch, warehouse::CLICKS_TABLE, &batch.clicks).await?;
+        telemetry::sink_inserted("clicks", batch.clicks.len(), started.elapsed());
+    }
+    Ok(())
+}
+
+/// Commits the batch's offsets. A failed commit (a rebalance took the
+/// partition) only means the rows are loaded again, and de-duplicated.
+fn commit(consumer: &StreamConsumer<SinkContext>, batch: &Batch) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &batch.offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+            tracing::warn!(error = %e, "sink: bad offset");
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    let result = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sink: offset commit failed; the batch will be loaded again (and de-duplicated)");
+    }
+}
+
+/// Records in the assigned partitions not yet committed.
+fn report_lag(consumer: &StreamConsumer<SinkContext>) {
+    tokio::task::block_in_place(|| {
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
+        let Ok(committed) = consumer.committed_offsets(assigned, KAFKA_CALL_TIMEOUT) else {
+            return;
+        };
+        let mut lag = 0i64;
+        for e in committed.elements() {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)
+            else {
+                return;
+            };
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += (high - from).max(0);
+        }
+        telemetry::sink_lag(lag);
+    });
+}
+
+async fn retention_task(
+    ch: clickhouse::Client,
+    database: String,
+    days: u32,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = crate::time::Ticker::new(RETENTION_EVERY, shutdown);
+    loop {
+        match warehouse::apply_retention(&ch, &database, days, crate::time::now_ms()).await {
+            Ok(dropped) => {
+                for p in dropped {
+                    telemetry::sink_partition_dropped();
+                    tracing::info!(partition = %p, "sink: partition past retention dropped");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sink: retention check failed; retried later"),
+        }
+        if !ticker.tick().await {
+            return;
+        }
+    }
+}
+
+fn metrics_answer(path: &str, metrics: Option<&PrometheusHandle>) -> Response<Body> {
+    let (status, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.map(PrometheusHandle::render).unwrap_or_default(),
+        ),
+        "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Exponential backoff that gives way to shutdown.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            next: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    /// Sleeps; false if shutdown came first.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let pause = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct RateLimitedLog {
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl RateLimitedLog {
+    fn warn(&self, log: impl FnOnce()) {
+        let mut last = self.last.lock().expect("not poisoned");
+        if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+            *last = Some(Instant::now());
+            log();
+        }
+    }
+}
+
+#[derive(Default)]
+struct SinkContext {
+    errors: RateLimitedLog,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_client_error();
+        self.errors
+            .warn(|| tracing::warn!(%error, reason, "sink: kafka client error"));
+    }
+}
+
+impl ConsumerContext for SinkContext {}

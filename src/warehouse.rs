@@ -1,0 +1,262 @@
+//! ClickHouse: the client, the schema, retention, and the stats queries.
+//!
+//! Everything here must run on ClickHouse 18.16 (Debian's package) and on
+//! current releases alike: no `DateTime64`, `LowCardinality`, `Bool` or TTL
+//! clauses, and retention drops whole day partitions. Delivery is
+//! at-least-once, so `clicks` is a `ReplacingMergeTree` keyed by click id
+//! and every count is an exact distinct count of `click_id`: a re-delivered
+//! click never counts twice, merged yet or not.
+
+use std::time::Duration;
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClickHouseConfig;
+use crate::stats::{Counts, Interval, SeriesPoint};
+
+pub const CLICKS_TABLE: &str = "clicks";
+pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
+/// Tables whose day partitions retention drops.
+const RETAINED_TABLES: &[&str] = &[CLICKS_TABLE, DEAD_LETTERS_TABLE];
+/// Longest a stats query may take before the admin API answers 503.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("clickhouse: query timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A client for the configured database. Validation is off: it reads
+/// `system` tables that ClickHouse 18.16 does not have.
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    server_client(cfg).with_database(&cfg.database)
+}
+
+/// A client without a default database (to create it).
+fn server_client(cfg: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_validation(false)
+}
+
+/// The DDL, in order. Idempotent.
+pub fn schema(database: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {database}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.{CLICKS_TABLE} (
+                click_id String,
+                ts DateTime('UTC'),
+                ts_ms UInt64,
+                tenant String,
+                code String,
+                destination String,
+                ip_hash String,
+                user_agent String,
+                referer String,
+                sub String,
+                bot UInt8,
+                bot_reason String,
+                edge_node String,
+                salt_epoch UInt64
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMMDD(ts)
+            ORDER BY (tenant, code, click_id)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.{DEAD_LETTERS_TABLE} (
+                received_at DateTime('UTC'),
+                topic String,
+                kafka_partition Int32,
+                kafka_offset Int64,
+                reason String,
+                payload String
+            ) ENGINE = MergeTree()
+            PARTITION BY toYYYYMMDD(received_at)
+            ORDER BY (topic, kafka_partition, kafka_offset)"
+        ),
+    ]
+}
+
+/// Creates the database and tables if missing.
+pub async fn ensure_schema(cfg: &ClickHouseConfig) -> Result<(), WarehouseError> {
+    let server = server_client(cfg);
+    for ddl in schema(&cfg.database) {
+        server.query(&ddl).execute().await?;
+    }
+    Ok(())
+}
+
+/// One click as stored.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClickRow {
+    pub click_id: String,
+    /// Unix seconds (`DateTime`).
+    pub ts: u32,
+    pub ts_ms: u64,
+    pub tenant: String,
+    pub code: String,
+    pub destination: String,
+    pub ip_hash: String,
+    pub user_agent: String,
+    pub referer: String,
+    pub sub: String,
+    pub bot: u8,
+    pub bot_reason: String,
+    pub edge_node: String,
+    pub salt_epoch: u64,
+}
+
+/// A record the sink could not load, kept with the reason.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    pub received_at: u32,
+    pub topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub reason: String,
+    pub payload: String,
+}
+
+/// Inserts `rows` into `table` as one INSERT.
+pub async fn insert<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), WarehouseError>
+where
+    T: Row + Serialize,
+    for<'a> T: Row<Value<'a> = T>,
+{
+    let mut insert = client.insert::<T>(table).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+/// Drops day partitions of the retained tables older than `days` before
+/// `now_ms`. Returns the partitions dropped.
+pub async fn apply_retention(
+    client: &Client,
+    database: &str,
+    days: u32,
+    now_ms: i64,
+) -> Result<Vec<String>, WarehouseError> {
+    #[derive(Row, Deserialize)]
+    struct Part {
+        table: String,
+        partition: String,
+    }
+    let cutoff = chrono::DateTime::from_timestamp_millis(now_ms - i64::from(days) * 86_400_000)
+        .unwrap_or_default()
+        .format("%Y%m%d")
+        .to_string();
+    let parts: Vec<Part> = client
+        .query(
+            "SELECT DISTINCT table, partition FROM system.parts \
+             WHERE database = ? AND active AND table IN (?, ?) ORDER BY table, partition",
+        )
+        .bind(database)
+        .bind(RETAINED_TABLES[0])
+        .bind(RETAINED_TABLES[1])
+        .fetch_all()
+        .await?;
+    let mut dropped = Vec::new();
+    for p in parts {
+        // Day partitions are YYYYMMDD; anything else is not ours to drop.
+        if p.partition.len() != 8 || !p.partition.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if p.partition < cutoff {
+            client
+                .query(&format!(
+                    "ALTER TABLE {database}.{} DROP PARTITION {}",
+                    p.table, p.partition
+                ))
+                .execute()
+                .await?;
+            dropped.push(format!("{}/{}", p.table, p.partition));
+        }
+    }
+    Ok(dropped)
+}
+
+/// Stats for one link over `[from_ms, to_ms)`, the same shape as embedded
+/// mode: exact distinct clicks, human clicks and visitors (distinct IP
+/// hashes of human clicks, per salt epoch).
+pub async fn link_stats(
+    client: &Client,
+    tenant: &str,
+    code: &str,
+    from_ms: i64,
+    to_ms: i64,
+    interval: Interval,
+) -> Result<(Counts, Vec<SeriesPoint>), WarehouseError> {
+    #[derive(Row, Deserialize)]
+    struct Bucket {
+        bucket: i64,
+        clicks: u64,
+        human: u64,
+        visitors: u64,
+    }
+    let step = interval.millis();
+    // `ts` bounds prune partitions; `ts_ms` bounds are exact.
+    const COUNTS: &str = "uniqExact(click_id) AS clicks, \
+         uniqExactIf(click_id, bot = 0) AS human, \
+         uniqExactIf(salt_epoch, ip_hash, bot = 0) AS visitors";
+    const WHERE: &str = "WHERE tenant = ? AND code = ? \
+         AND ts >= toDateTime(?, 'UTC') AND ts <= toDateTime(?, 'UTC') \
+         AND ts_ms >= ? AND ts_ms < ?";
+    let bind = |q: clickhouse::query::Query| {
+        q.bind(tenant)
+            .bind(code)
+            .bind(from_ms.div_euclid(1000))
+            .bind(to_ms.div_euclid(1000))
+            .bind(from_ms.max(0) as u64)
+            .bind(to_ms.max(0) as u64)
+    };
+    let totals = bind(client.query(&format!(
+        "SELECT toInt64(0) AS bucket, {COUNTS} FROM {CLICKS_TABLE} {WHERE}"
+    )));
+    let series = bind(client.query(&format!(
+        "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {COUNTS} \
+         FROM {CLICKS_TABLE} {WHERE} GROUP BY bucket ORDER BY bucket"
+    )));
+    let run = async {
+        let total: Bucket = totals.fetch_one().await?;
+        let buckets: Vec<Bucket> = series.fetch_all().await?;
+        Ok::<_, WarehouseError>((total, buckets))
+    };
+    let (total, buckets) = tokio::time::timeout(QUERY_TIMEOUT, run)
+        .await
+        .map_err(|_| WarehouseError::Timeout(QUERY_TIMEOUT))??;
+    let counts = |clicks: u64, human: u64, visitors: u64| Counts {
+        clicks,
+        human_clicks: human,
+        bot_clicks: clicks - human.min(clicks),
+        unique_visitors: visitors,
+    };
+    // Every bucket of the range, zeros included, as embedded mode answers.
+    let mut series = Vec::new();
+    let mut found = buckets.into_iter().peekable();
+    let mut start = from_ms.div_euclid(step) * step;
+    while start < to_ms {
+        let c = match found.peek() {
+            Some(b) if b.bucket == start => {
+                let b = found.next().expect("peeked");
+                counts(b.clicks, b.human, b.visitors)
+            }
+            _ => Counts::default(),
+        };
+        series.push(SeriesPoint {
+            ts: crate::time::rfc3339(start),
+            counts: c,
+        });
+        start += step;
+    }
+    Ok((counts(total.clicks, total.human, total.visitors), series))
+}
