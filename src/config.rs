@@ -153,8 +153,9 @@ pub struct KafkaConfig {
     pub linger: Duration,
     /// Records in flight to the broker at most (librdkafka's queue bound).
     pub queue_max_messages: u32,
-    /// A record not acknowledged within this is re-sent from the click log.
-    pub message_timeout: Duration,
+    /// A record not acknowledged within this is re-sent from the click log;
+    /// `None`: the producer retries until the broker takes it.
+    pub message_timeout: Option<Duration>,
     /// Unshipped click log beyond this: the edge applies `clicklog.overflow`.
     pub max_backlog_bytes: u64,
     /// Consumer group of `clickedge sink`.
@@ -329,7 +330,7 @@ mod kafka_defaults {
         100_000
     }
     pub fn message_timeout_ms() -> u64 {
-        30_000
+        0
     }
     pub fn max_backlog_bytes() -> u64 {
         4 << 30
@@ -594,7 +595,8 @@ fn validate_kafka(k: RawKafka) -> Result<KafkaConfig, ConfigError> {
         replication_factor: k.replication_factor,
         linger: Duration::from_millis(k.linger_ms),
         queue_max_messages: at_least("kafka.queue_max_messages", k.queue_max_messages, 1000)?,
-        message_timeout: millis("kafka.message_timeout_ms", k.message_timeout_ms)?,
+        message_timeout: (k.message_timeout_ms > 0)
+            .then(|| Duration::from_millis(k.message_timeout_ms)),
         max_backlog_bytes: at_least("kafka.max_backlog_bytes", k.max_backlog_bytes, 1 << 20)?,
         group_id: k.group_id,
     })

@@ -370,7 +370,7 @@ impl Shipper {
             .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
             .set(
                 "message.timeout.ms",
-                k.message_timeout.as_millis().to_string(),
+                k.message_timeout.map_or(0, |t| t.as_millis()).to_string(),
             )
             .set_log_level(RDKafkaLogLevel::Warning)
             .create_with_context(ShipContext {

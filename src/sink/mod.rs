@@ -43,6 +43,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const LAG_EVERY: Duration = Duration::from_secs(10);
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records re-read per partition at start (see [`assign_all`]): more than a
+/// producer batch holds (1 MB of ~300-byte events).
+const RESUME_REWIND: i64 = 10_000;
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +134,16 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(SinkContext::default())?;
-    consumer.subscribe(&[topics::CLICKS])?;
-    tracing::info!(group = %cfg.kafka.group_id, topic = topics::CLICKS, "sink: consuming");
+    let consumer = Arc::new(consumer);
+    let Some(partitions) = assign_all(&consumer, &shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(
+        group = %cfg.kafka.group_id,
+        topic = topics::CLICKS,
+        partitions,
+        "sink: consuming"
+    );
 
     let ch = warehouse::client(&cfg.clickhouse);
     let retention = tokio::spawn(retention_task(
@@ -179,6 +190,71 @@ pub async fn run(
     let _ = metrics_task.await;
     tracing::info!("sink: stopped");
     Ok(())
+}
+
+/// Takes every partition of the clicks topic, each from a little before
+/// the group's committed offset (the earliest when there is none).
+///
+/// Partitions are assigned, not balanced by the group protocol: a sink that
+/// crashes mid-session would otherwise leave a member that some brokers
+/// (Tansu among them) wait for before any rebalance completes, and the
+/// restarted sink would load nothing until then. Offsets are still stored
+/// under `[kafka] group_id`, so a restart resumes where the last commit
+/// ended. Run one sink per cluster; a second one only loads duplicates,
+/// which ClickHouse removes.
+///
+/// Resuming [`RESUME_REWIND`] records early: a committed offset can point
+/// into the middle of a producer's record batch, and a broker that answers
+/// such a fetch from the next batch on (Tansu 0.6 does) would skip the
+/// batch's tail. Re-reading a few records only loads duplicates.
+async fn assign_all(
+    consumer: &Arc<StreamConsumer<SinkContext>>,
+    shutdown: &CancellationToken,
+) -> Option<usize> {
+    let mut backoff = Backoff::default();
+    loop {
+        let c = consumer.clone();
+        let assigned = tokio::task::spawn_blocking(move || {
+            let md = c.fetch_metadata(Some(topics::CLICKS), KAFKA_CALL_TIMEOUT)?;
+            let n = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topics::CLICKS)
+                .map_or(0, |t| t.partitions().len());
+            if n == 0 {
+                return Err(KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+            let mut all = TopicPartitionList::new();
+            for p in 0..n as i32 {
+                all.add_partition(topics::CLICKS, p);
+            }
+            let committed = c.committed_offsets(all, KAFKA_CALL_TIMEOUT)?;
+            let mut tpl = TopicPartitionList::new();
+            for e in committed.elements() {
+                let (low, _) = c.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
+                let start = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset((o - RESUME_REWIND).max(low)),
+                    _ => Offset::Beginning,
+                };
+                tpl.add_partition_offset(e.topic(), e.partition(), start)?;
+            }
+            c.assign(&tpl)?;
+            Ok::<_, KafkaError>(n)
+        })
+        .await;
+        match assigned {
+            Ok(Ok(n)) => return Some(n),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "sink: cannot assign the clicks partitions yet; retrying")
+            }
+            Err(e) => tracing::warn!(error = %e, "sink: assignment task failed; retrying"),
+        }
+        if !backoff.wait(shutdown).await {
+            return None;
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

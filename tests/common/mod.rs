@@ -2,6 +2,8 @@
 //! a temporary data dir and talks to it over real sockets.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,445 @@
+//! Full mode against the real services: every click answered with a
+//! redirect reaches ClickHouse exactly once, through broker outages,
+//! ClickHouse outages, sink crashes and `serve` restarts.
+//!
+//! Each test starts its own Tansu and ClickHouse (`scripts/services`) and
+//! compares the *set* of click ids the edge handed out in `Set-Cookie` with
+//! the set of distinct click ids in ClickHouse.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::services::{full_mode_env, wait_until, ClickHouse, Kafka, Sink};
+use common::{Api, Server, BROWSER_UA};
+use serde_json::json;
+
+const DB: &str = "ce";
+const BOT_UA: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+/// How long the sink may take to catch up at the end of a test.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// What the edge answered during a load.
+#[derive(Default, Debug)]
+struct Answered {
+    ids: HashSet<String>,
+    humans: u64,
+    bots: u64,
+    /// Requests not answered with a redirect (refused connections during a
+    /// restart, 503s): not clicks, so not expected in ClickHouse.
+    other: u64,
+}
+
+impl Answered {
+    fn merge(&mut self, o: Answered) {
+        self.ids.extend(o.ids);
+        self.humans += o.humans;
+        self.bots += o.bots;
+        self.other += o.other;
+    }
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Mints `n` links for tenant `acme`; returns the token and the codes.
+fn mint_links(server: &Server, n: usize) -> (String, Vec<String>) {
+    let token = server.token("acme");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let codes = rt.block_on(async {
+        let api = Api::new(server, token.clone());
+        let links: Vec<_> = (0..n)
+            .map(|i| json!({"code": format!("pipe-{i}"), "destination": format!("https://shop.example/p/{i}?c={{click_id}}")}))
+            .collect();
+        let (status, body) = api.post("/v1/links/batch", json!({ "links": links })).await;
+        assert_eq!(status, 200, "{body}");
+        (0..n).map(|i| format!("pipe-{i}")).collect::<Vec<_>>()
+    });
+    (token, codes)
+}
+
+/// Sends clicks to `edge` until `stop` is set or `max` are sent, at most
+/// `rate` per second, `concurrency` at a time. Every fourth click is a bot.
+fn load(
+    edge: std::net::SocketAddr,
+    codes: Vec<String>,
+    max: u64,
+    rate: u64,
+    concurrency: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Answered> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let codes = Arc::new(codes);
+            let per_worker = max.div_ceil(concurrency);
+            let gap = Duration::from_secs_f64(concurrency as f64 / rate as f64);
+            let mut tasks = Vec::new();
+            for w in 0..concurrency {
+                let (client, codes, stop) = (client.clone(), codes.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut got = Answered::default();
+                    let mut next = tokio::time::Instant::now();
+                    for i in 0..per_worker {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        tokio::time::sleep_until(next).await;
+                        next += gap;
+                        let n = w * per_worker + i;
+                        let code = &codes[(n as usize) % codes.len()];
+                        let bot = n % 4 == 0;
+                        let resp = client
+                            .get(format!("http://{edge}/{code}?sub=s{}", n % 7))
+                            .header("user-agent", if bot { BOT_UA } else { BROWSER_UA })
+                            .send()
+                            .await;
+                        let Ok(resp) = resp else {
+                            got.other += 1;
+                            continue;
+                        };
+                        if resp.status() != 302 {
+                            got.other += 1;
+                            continue;
+                        }
+                        let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+                        let id = cookie
+                            .strip_prefix("ce_click=")
+                            .and_then(|c| c.split(';').next())
+                            .unwrap();
+                        got.ids.insert(id.to_owned());
+                        if bot {
+                            got.bots += 1;
+                        } else {
+                            got.humans += 1;
+                        }
+                    }
+                    got
+                }));
+            }
+            let mut all = Answered::default();
+            for t in tasks {
+                all.merge(t.await.unwrap());
+            }
+            all
+        })
+    })
+}
+
+fn distinct_clicks(ch: &ClickHouse) -> u64 {
+    ch.query_u64(&format!("SELECT uniqExact(click_id) FROM {DB}.clicks"))
+}
+
+/// Waits until ClickHouse holds as many distinct clicks as were answered,
+/// then checks the sets are equal.
+fn assert_exactly_once(s: &Stack, answered: &Answered, server: &Server, sink: &Sink) {
+    let ch = &s.ch;
+    let want = answered.ids.len() as u64;
+    let caught_up = wait_until(CATCH_UP, || distinct_clicks(ch) >= want);
+    let stored: HashSet<String> = ch
+        .query(&format!(
+            "SELECT click_id FROM {DB}.clicks GROUP BY click_id"
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = answered.ids.difference(&stored).take(5).collect();
+    assert!(
+        caught_up,
+        "ClickHouse has {} distinct clicks, the edge answered {want}; missing e.g. {missing:?}\n--- serve metrics:\n{}\n--- serve log:\n{}\n--- sink log:\n{}\n--- broker log:\n{}",
+        distinct_clicks(ch),
+        server_metrics(server),
+        server.log_text(),
+        sink.log_text(),
+        s.kafka.log_tail(),
+    );
+    let missing: Vec<&String> = answered.ids.difference(&stored).collect();
+    let extra = stored.difference(&answered.ids).count();
+    assert_eq!(
+        (missing.len(), extra),
+        (0, 0),
+        "click ids missing from / unknown to ClickHouse; first missing: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+}
+
+fn server_metrics(server: &Server) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(async {
+        let r = common::client()
+            .get(server.admin_url("/metrics"))
+            .send()
+            .await;
+        match r {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        }
+    });
+    text.lines()
+        .filter(|l| l.starts_with("clickedge_ship") || l.starts_with("clickedge_clicklog_events"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sum of the stats of every link, as the admin API answers them.
+fn stats_totals(server: &Server, token: &str, codes: &[String]) -> (u64, u64, u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api = Api::new(server, token.to_owned());
+        let (mut clicks, mut humans, mut bots) = (0, 0, 0);
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        for code in codes {
+            let (status, s) = api
+                .get(&format!(
+                    "/v1/links/{code}/stats?from={today}&to={today}&interval=hour"
+                ))
+                .await;
+            assert_eq!(status, 200, "{s}");
+            clicks += s["clicks"].as_u64().unwrap();
+            humans += s["human_clicks"].as_u64().unwrap();
+            bots += s["bot_clicks"].as_u64().unwrap();
+            let series: u64 = s["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["clicks"].as_u64().unwrap())
+                .sum();
+            assert_eq!(series, s["clicks"].as_u64().unwrap(), "series adds up");
+        }
+        (clicks, humans, bots)
+    })
+}
+
+struct Stack {
+    kafka: Kafka,
+    ch: ClickHouse,
+    env: Vec<(String, String)>,
+}
+
+fn stack(storage: &'static str, extra: &[(&str, &str)]) -> Stack {
+    let kafka = Kafka::start(storage);
+    let ch = ClickHouse::start();
+    let mut env = full_mode_env(&kafka, &ch, DB);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Stack { kafka, ch, env }
+}
+
+#[test]
+fn every_answered_click_reaches_clickhouse_exactly_once() {
+    let s = stack("memory", &[]);
+    let server = Server::start_with(&env_refs(&s.env));
+    let sink = Sink::start(&s.env);
+    let (token, codes) = mint_links(&server, 50);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = load(server.edge, codes.clone(), 20_000, 100_000, 32, stop)
+        .join()
+        .unwrap();
+    assert_eq!(answered.other, 0, "every click was redirected");
+    assert_eq!(answered.ids.len(), 20_000);
+    assert_exactly_once(&s, &answered, &server, &sink);
+
+    let (clicks, humans, bots) = stats_totals(&server, &token, &codes);
+    assert_eq!(clicks, 20_000, "stats count every click once");
+    assert_eq!((humans, bots), (answered.humans, answered.bots));
+    assert_eq!(
+        s.ch.query_u64(&format!("SELECT count() FROM {DB}.dead_letters")),
+        0
+    );
+    // The shipper trims what Kafka has: only the open segment is left.
+    let segments = std::fs::read_dir(server.data_dir.join("clicklog"))
+        .unwrap()
+        .count();
+    assert_eq!(segments, 1);
+}
+
+#[test]
+fn a_broker_outage_loses_no_click_and_redirects_keep_answering() {
+    // The broker crashes (SIGKILL); SQLite storage keeps the topics and
+    // what was acknowledged across the restart.
+    let s = stack("sqlite", &[]);
+    let server = Server::start_with(&env_refs(&s.env));
+    let sink = Sink::start(&s.env);
+    let (_token, codes) = mint_links(&server, 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(server.edge, codes, u64::MAX, 300, 8, stop.clone());
+
+    std::thread::sleep(Duration::from_secs(4));
+    s.kafka.kill();
+    let outage = Instant::now();
+    let readyz = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            common::client()
+                .get(server.admin_url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || readyz() == 503),
+        "/readyz reports the broker outage"
+    );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    s.kafka.restart();
+    assert!(wait_until(Duration::from_secs(30), || readyz() == 200));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let answered = running.join().unwrap();
+
+    assert_eq!(
+        answered.other, 0,
+        "redirects kept answering during the outage"
+    );
+    assert!(answered.ids.len() > 5_000, "{} clicks", answered.ids.len());
+    assert_exactly_once(&s, &answered, &server, &sink);
+}
+
+#[test]
+fn a_clickhouse_outage_is_retried_until_every_click_is_loaded() {
+    let s = stack("memory", &[]);
+    let server = Server::start_with(&env_refs(&s.env));
+    let sink = Sink::start(&s.env);
+    let (token, codes) = mint_links(&server, 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(server.edge, codes.clone(), u64::MAX, 400, 8, stop.clone());
+
+    std::thread::sleep(Duration::from_secs(3));
+    s.ch.stop();
+    // Stats are read from ClickHouse: unavailable, said plainly.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) =
+        rt.block_on(Api::new(&server, token.clone()).get("/v1/links/pipe-0/stats"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "stats_unavailable");
+    std::thread::sleep(Duration::from_secs(10));
+    s.ch.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let answered = running.join().unwrap();
+
+    assert_eq!(answered.other, 0);
+    assert_exactly_once(&s, &answered, &server, &sink);
+    assert!(
+        sink.log_text().contains("insert failed; retrying"),
+        "the sink saw the outage"
+    );
+    let (clicks, _, _) = stats_totals(&server, &token, &codes);
+    assert_eq!(clicks, answered.ids.len() as u64);
+}
+
+#[test]
+fn a_sink_killed_mid_batch_reloads_without_double_counting() {
+    let s = stack("memory", &[("CLICKEDGE_SINK__BATCH_ROWS", "500")]);
+    let server = Server::start_with(&env_refs(&s.env));
+    let mut sink = Sink::start(&s.env);
+    let (token, codes) = mint_links(&server, 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(
+        server.edge,
+        codes.clone(),
+        u64::MAX,
+        1_000,
+        16,
+        stop.clone(),
+    );
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        sink.kill_and_restart();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let answered = running.join().unwrap();
+
+    assert_exactly_once(&s, &answered, &server, &sink);
+    let (clicks, _, _) = stats_totals(&server, &token, &codes);
+    assert_eq!(
+        clicks,
+        answered.ids.len() as u64,
+        "re-loaded rows count once"
+    );
+}
+
+#[test]
+fn a_graceful_serve_restart_mid_load_loses_nothing() {
+    let s = stack("memory", &[]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = s.env.clone();
+    env.push(("CLICKEDGE_EDGE__LISTEN".into(), listen));
+    let mut server = Server::start_with(&env_refs(&env));
+    let sink = Sink::start(&s.env);
+    let (_token, codes) = mint_links(&server, 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(server.edge, codes, u64::MAX, 500, 8, stop.clone());
+
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = server.take_dir();
+    assert!(server.stop().success());
+    let server = Server::start_in(dir.path(), &env_refs(&env));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let answered = running.join().unwrap();
+
+    assert!(answered.ids.len() > 1_000);
+    assert_exactly_once(&s, &answered, &server, &sink);
+    drop(server);
+}
+
+#[test]
+fn poison_records_are_dead_lettered_and_the_rest_is_loaded() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let s = stack("memory", &[]);
+    let server = Server::start_with(&env_refs(&s.env));
+    let sink = Sink::start(&s.env);
+    let (_token, codes) = mint_links(&server, 5);
+
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka.addr)
+        .create()
+        .unwrap();
+    for poison in [
+        &b"not json at all"[..],
+        br#"{"v":2,"click_id":"from-the-future"}"#,
+    ] {
+        producer
+            .send(BaseRecord::<(), [u8]>::to("clickedge.clicks").payload(poison))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = load(server.edge, codes, 200, 1_000, 4, stop)
+        .join()
+        .unwrap();
+    assert_exactly_once(&s, &answered, &server, &sink);
+    assert!(wait_until(Duration::from_secs(30), || {
+        s.ch.query_u64(&format!("SELECT count() FROM {DB}.dead_letters")) == 2
+    }));
+    let reasons = s.ch.query(&format!(
+        "SELECT reason FROM {DB}.dead_letters ORDER BY kafka_offset"
+    ));
+    assert!(reasons.contains("not JSON"), "{reasons}");
+    assert!(reasons.contains("unsupported event version 2"), "{reasons}");
+}
