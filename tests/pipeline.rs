@@ -108,7 +108,7 @@ fn load(
                         next += gap;
                         let n = w * per_worker + i;
                         let code = &codes[(n as usize) % codes.len()];
-                        let bot = n % 4 == 0;
+                        let bot = n.is_multiple_of(4);
                         let resp = client
                             .get(format!("http://{edge}/{code}?sub=s{}", n % 7))
                             .header("user-agent", if bot { BOT_UA } else { BROWSER_UA })
