@@ -138,6 +138,22 @@ where
     Ok(())
 }
 
+/// The active partitions of the retained tables: `(table, partition)` rows.
+pub fn retained_parts_sql(database: &str) -> String {
+    format!(
+        "SELECT DISTINCT table, partition FROM system.parts \
+         WHERE database = {} AND active AND table IN ({}, {}) ORDER BY table, partition",
+        quote(database),
+        quote(RETAINED_TABLES[0]),
+        quote(RETAINED_TABLES[1]),
+    )
+}
+
+/// Drops one day partition (`YYYYMMDD`, checked by the caller).
+pub fn drop_partition_sql(database: &str, table: &str, partition: &str) -> String {
+    format!("ALTER TABLE {database}.{table} DROP PARTITION {partition}")
+}
+
 /// Drops day partitions of the retained tables older than `days` before
 /// `now_ms`. Returns the partitions dropped.
 pub async fn apply_retention(
@@ -156,13 +172,7 @@ pub async fn apply_retention(
         .format("%Y%m%d")
         .to_string();
     let parts: Vec<Part> = client
-        .query(
-            "SELECT DISTINCT table, partition FROM system.parts \
-             WHERE database = ? AND active AND table IN (?, ?) ORDER BY table, partition",
-        )
-        .bind(database)
-        .bind(RETAINED_TABLES[0])
-        .bind(RETAINED_TABLES[1])
+        .query(&retained_parts_sql(database))
         .fetch_all()
         .await?;
     let mut dropped = Vec::new();
@@ -173,16 +183,62 @@ pub async fn apply_retention(
         }
         if p.partition < cutoff {
             client
-                .query(&format!(
-                    "ALTER TABLE {database}.{} DROP PARTITION {}",
-                    p.table, p.partition
-                ))
+                .query(&drop_partition_sql(database, &p.table, &p.partition))
                 .execute()
                 .await?;
             dropped.push(format!("{}/{}", p.table, p.partition));
         }
     }
     Ok(dropped)
+}
+
+/// A ClickHouse string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The two stats queries for one link over `[from_ms, to_ms)`: totals, and
+/// one row per bucket, each `(bucket, clicks, human, visitors)`. Exact
+/// distinct counts, so re-delivered clicks count once.
+pub fn stats_sql(
+    tenant: &str,
+    code: &str,
+    from_ms: i64,
+    to_ms: i64,
+    interval: Interval,
+) -> (String, String) {
+    let step = interval.millis();
+    let counts = "uniqExact(click_id) AS clicks, \
+         uniqExactIf(click_id, bot = 0) AS human, \
+         uniqExactIf(salt_epoch, ip_hash, bot = 0) AS visitors";
+    // `ts` bounds prune partitions; `ts_ms` bounds are exact.
+    let filter = format!(
+        "WHERE tenant = {} AND code = {} \
+         AND ts >= toDateTime({}, 'UTC') AND ts <= toDateTime({}, 'UTC') \
+         AND ts_ms >= {} AND ts_ms < {}",
+        quote(tenant),
+        quote(code),
+        from_ms.div_euclid(1000).max(0),
+        to_ms.div_euclid(1000).max(0),
+        from_ms.max(0),
+        to_ms.max(0),
+    );
+    (
+        format!("SELECT toInt64(0) AS bucket, {counts} FROM {CLICKS_TABLE} {filter}"),
+        format!(
+            "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {counts} \
+             FROM {CLICKS_TABLE} {filter} GROUP BY bucket ORDER BY bucket"
+        ),
+    )
 }
 
 /// Stats for one link over `[from_ms, to_ms)`, the same shape as embedded
@@ -204,28 +260,8 @@ pub async fn link_stats(
         visitors: u64,
     }
     let step = interval.millis();
-    // `ts` bounds prune partitions; `ts_ms` bounds are exact.
-    const COUNTS: &str = "uniqExact(click_id) AS clicks, \
-         uniqExactIf(click_id, bot = 0) AS human, \
-         uniqExactIf(salt_epoch, ip_hash, bot = 0) AS visitors";
-    const WHERE: &str = "WHERE tenant = ? AND code = ? \
-         AND ts >= toDateTime(?, 'UTC') AND ts <= toDateTime(?, 'UTC') \
-         AND ts_ms >= ? AND ts_ms < ?";
-    let bind = |q: clickhouse::query::Query| {
-        q.bind(tenant)
-            .bind(code)
-            .bind(from_ms.div_euclid(1000))
-            .bind(to_ms.div_euclid(1000))
-            .bind(from_ms.max(0) as u64)
-            .bind(to_ms.max(0) as u64)
-    };
-    let totals = bind(client.query(&format!(
-        "SELECT toInt64(0) AS bucket, {COUNTS} FROM {CLICKS_TABLE} {WHERE}"
-    )));
-    let series = bind(client.query(&format!(
-        "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {COUNTS} \
-         FROM {CLICKS_TABLE} {WHERE} GROUP BY bucket ORDER BY bucket"
-    )));
+    let (totals, series) = stats_sql(tenant, code, from_ms, to_ms, interval);
+    let (totals, series) = (client.query(&totals), client.query(&series));
     let run = async {
         let total: Bucket = totals.fetch_one().await?;
         let buckets: Vec<Bucket> = series.fetch_all().await?;
