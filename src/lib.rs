@@ -2,7 +2,8 @@
 //!
 //! The modules follow a click: `edge` answers it, `links` knows where it
 //! goes, `clicks` describes it, `clicklog` makes it durable, `stats` counts
-//! it, and `admin` lets operators manage links and read the counts.
+//! it, `postback` matches conversions to clicks, and `admin` lets operators
+//! manage links and read the counts.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod edge;
 pub mod fsutil;
 pub mod keys;
 pub mod links;
+pub mod postback;
 pub mod server;
 pub mod stats;
 pub mod store;

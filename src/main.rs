@@ -36,6 +36,9 @@ enum Command {
     /// Create, list and revoke admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Register affiliate networks and their postback secrets.
+    #[command(subcommand)]
+    Network(clickedge::postback::cli::NetworkCommand),
     /// Validate the configuration and print the effective values.
     CheckConfig,
 }
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Token(cmd) => token(&config, cmd),
+        Command::Network(cmd) => clickedge::postback::cli::run(&config, cmd),
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())

@@ -41,6 +41,8 @@ pub struct WriterConfig {
     pub snapshot_interval: Duration,
     pub retention: Duration,
     pub edge_node: String,
+    /// Fed with each click once it is written (postback matching).
+    pub click_index: Option<Arc<crate::postback::ClickIndex>>,
 }
 
 /// Owns the writer thread; `shutdown` flushes, fsyncs and checkpoints.
@@ -141,6 +143,7 @@ struct Writer {
 /// Stats facts of one written event, applied after its bytes are on disk.
 struct Pending {
     code: Arc<crate::links::Link>,
+    click_id: crate::clicks::ClickId,
     ts_ms: i64,
     bot: bool,
     visitor: u64,
@@ -197,8 +200,20 @@ impl Writer {
                 failures = 0;
                 buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
+                let now_ms = chrono::Utc::now().timestamp_millis();
                 for p in pending.drain(..) {
                     self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                    if let Some(index) = &self.cfg.click_index {
+                        let r = &p.code.record;
+                        index.record(
+                            p.click_id.as_str(),
+                            p.ts_ms,
+                            &r.code,
+                            &r.tenant,
+                            p.bot,
+                            now_ms,
+                        );
+                    }
                 }
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
@@ -239,6 +254,7 @@ impl Writer {
         ev.encode_json(bot, &self.cfg.edge_node, buf);
         pending.push(Pending {
             code: ev.link.clone(),
+            click_id: ev.click_id,
             ts_ms: ev.ts_ms,
             bot: bot.is_some(),
             visitor: ev.ip_hash.visitor_key(),
