@@ -38,7 +38,7 @@ enum Command {
     Token(TokenCommand),
     /// Register affiliate networks and their postback secrets.
     #[command(subcommand)]
-    Network(clickedge::postback::cli::NetworkCommand),
+    Network(Box<clickedge::postback::cli::NetworkCommand>),
     /// Validate the configuration and print the effective values.
     CheckConfig,
 }
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Token(cmd) => token(&config, cmd),
-        Command::Network(cmd) => clickedge::postback::cli::run(&config, cmd),
+        Command::Network(cmd) => clickedge::postback::cli::run(&config, *cmd),
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())

@@ -202,7 +202,7 @@ impl Writer {
                 telemetry::clicklog_events(pending.len() as u64);
                 let now_ms = chrono::Utc::now().timestamp_millis();
                 for p in pending.drain(..) {
-                    self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                    // Index first: a click visible in stats is matchable.
                     if let Some(index) = &self.cfg.click_index {
                         let r = &p.code.record;
                         index.record(
@@ -214,6 +214,7 @@ impl Writer {
                             now_ms,
                         );
                     }
+                    self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
                 }
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;

@@ -162,7 +162,6 @@ pub struct Postbacks {
     pub networks: Arc<NetworkTable>,
     /// Fed by the click-log writer.
     pub click_index: Arc<ClickIndex>,
-    pub ids: crate::clicks::ClickIds,
     pub ledger: Arc<Ledger>,
     pub max_body_bytes: usize,
     pub metrics: crate::telemetry::PostbackMetrics,
@@ -211,7 +210,6 @@ impl Postbacks {
         Ok(Postbacks {
             networks,
             click_index: index,
-            ids: crate::clicks::ClickIds::new(master),
             ledger,
             max_body_bytes: pc.max_body_bytes,
             metrics: crate::telemetry::PostbackMetrics::register(),
