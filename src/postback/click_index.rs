@@ -46,7 +46,8 @@ pub struct ClickRef {
 #[derive(Default)]
 struct Days {
     days: BTreeMap<i64, HashMap<[u8; 32], ClickRef>>,
-    links: HashMap<(String, String), Arc<LinkKey>>,
+    /// By code: a code never moves to another tenant (codes are not reused).
+    links: HashMap<String, Arc<LinkKey>>,
 }
 
 pub struct ClickIndex {
@@ -93,16 +94,15 @@ impl ClickIndex {
         }
         let day = ts_ms.div_euclid(DAY_MS);
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let link = match inner.links.get(&(code.to_owned(), tenant.to_owned())) {
-            Some(l) => l.clone(),
-            None => {
+        // Looked up by `&str`: no allocation for a known link.
+        let link = match inner.links.get(code) {
+            Some(l) if l.tenant == tenant => l.clone(),
+            _ => {
                 let l = Arc::new(LinkKey {
                     code: code.to_owned(),
                     tenant: tenant.to_owned(),
                 });
-                inner
-                    .links
-                    .insert((code.to_owned(), tenant.to_owned()), l.clone());
+                inner.links.insert(code.to_owned(), l.clone());
                 l
             }
         };

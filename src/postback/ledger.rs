@@ -439,3 +439,218 @@ impl Ledger {
         self.lock().sink.sync()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::click_index::{ClickRef, LinkKey};
+    use super::super::networks::{NetworkRecord, NetworkSettings};
+    use super::super::sealed::{Field, Sealer};
+    use super::*;
+    use crate::keys::MasterKey;
+    use proptest::prelude::*;
+
+    /// Every click is known, on link `c` of tenant `t`.
+    struct AllKnown;
+
+    impl ClickLookup for AllKnown {
+        fn find(&self, _id: &str, ts_ms: i64) -> Option<ClickRef> {
+            Some(ClickRef {
+                link: Arc::new(LinkKey {
+                    code: "c".into(),
+                    tenant: "t".into(),
+                }),
+                ts_ms,
+                bot: false,
+            })
+        }
+    }
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn network() -> Network {
+        let sealer = Sealer::new(&MasterKey::for_tests());
+        let now = chrono::Utc::now();
+        let rec = NetworkRecord {
+            name: "n".into(),
+            created_at: now,
+            updated_at: now,
+            removed: false,
+            secret: sealer.seal("n", Field::Secret, b"s"),
+            previous_secret: None,
+            previous_valid_until: None,
+            token: sealer.seal("n", Field::Token, b"t"),
+            settings: NetworkSettings::default(),
+        };
+        Network::open(&rec, &sealer).unwrap()
+    }
+
+    fn ledger(dir: &Path) -> Ledger {
+        Ledger::open(
+            dir,
+            Arc::new(AllKnown),
+            ClickIds::new(&MasterKey::for_tests()),
+            "node".into(),
+        )
+        .unwrap()
+    }
+
+    fn fields(txn: &str, status: Status, payout: &str) -> Submission {
+        let ids = ClickIds::new(&MasterKey::for_tests());
+        Submission::Fields(Fields {
+            click_id: ids.mint(NOW as u64 - 1000).as_str().to_owned(),
+            txn_id: txn.into(),
+            status,
+            payout: Decimal::parse(payout).unwrap(),
+            currency: "USD".into(),
+            occurred_at_ms: None,
+        })
+    }
+
+    #[test]
+    fn concurrent_identical_postbacks_are_accepted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Arc::new(ledger(dir.path()));
+        let net = Arc::new(network());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (l, net) = (l.clone(), net.clone());
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|_| {
+                            l.process(&net, fields("x", Status::Approved, "1.00"), NOW)
+                                .unwrap()
+                                .outcome
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<Outcome> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.iter().filter(|o| **o == Outcome::Accepted).count(), 1);
+        assert_eq!(
+            all.iter().filter(|o| **o == Outcome::Duplicate).count(),
+            199
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_earlier_records_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network();
+        {
+            let l = ledger(dir.path());
+            l.process(&net, fields("a", Status::Pending, "1"), NOW)
+                .unwrap();
+        }
+        let path = dir.path().join(FILE_NAME);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"0badc0de {\"v\":1,\"outc").unwrap();
+        drop(f);
+        let l = ledger(dir.path());
+        let d = l
+            .process(&net, fields("a", Status::Pending, "1"), NOW)
+            .unwrap();
+        assert_eq!(d.outcome, Outcome::Duplicate);
+        drop(l);
+        let l = ledger(dir.path());
+        l.read(|s| assert_eq!(s.conversions[&("n".into(), "a".into())].counts[2], 1));
+    }
+
+    #[test]
+    fn refusals_carry_no_conversion_and_are_counted_per_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        let net = network();
+        let refused = Submission::Refused {
+            outcome: Outcome::BadAuth,
+            reason: "no".into(),
+        };
+        assert_eq!(
+            l.process(&net, refused, NOW).unwrap().outcome,
+            Outcome::BadAuth
+        );
+        let mut forged = fields("f", Status::Approved, "1");
+        if let Submission::Fields(f) = &mut forged {
+            f.click_id = "0".repeat(32);
+        }
+        assert_eq!(
+            l.process(&net, forged, NOW).unwrap().outcome,
+            Outcome::ForgedClick
+        );
+        let mut old = fields("o", Status::Approved, "1");
+        if let Submission::Fields(f) = &mut old {
+            f.occurred_at_ms = Some(NOW + 31 * DAY_MS);
+        }
+        assert_eq!(
+            l.process(&net, old, NOW).unwrap().outcome,
+            Outcome::OutOfWindow
+        );
+        l.read(|s| {
+            assert!(s.conversions.is_empty());
+            let day = s.refused[&("n".into(), NOW.div_euclid(DAY_MS))];
+            assert_eq!(
+                (
+                    day[Outcome::BadAuth as usize],
+                    day[Outcome::ForgedClick as usize],
+                    day[Outcome::OutOfWindow as usize]
+                ),
+                (1, 1, 1)
+            );
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// The ledger against a model: a (txn, status) seen before is a
+        /// duplicate, a txn seen before is a status change, anything else
+        /// accepted; the latest status wins; a reopened ledger agrees.
+        #[test]
+        fn outcomes_and_latest_status_follow_the_model(
+            ops in proptest::collection::vec((0u8..3, 0usize..4), 1..12)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let net = network();
+            let l = ledger(dir.path());
+            let mut seen = std::collections::HashSet::new();
+            let mut latest = std::collections::HashMap::new();
+            for (txn, s) in &ops {
+                let status = Status::ALL[*s];
+                let txn = format!("t{txn}");
+                let want = if seen.contains(&(txn.clone(), status)) {
+                    Outcome::Duplicate
+                } else if latest.contains_key(&txn) {
+                    Outcome::StatusChange
+                } else {
+                    Outcome::Accepted
+                };
+                let got = l.process(&net, fields(&txn, status, "1"), NOW).unwrap().outcome;
+                prop_assert_eq!(got, want);
+                if want != Outcome::Duplicate {
+                    latest.insert(txn.clone(), status);
+                }
+                seen.insert((txn, status));
+            }
+            drop(l);
+            let l = ledger(dir.path());
+            l.read(|state| {
+                let got: std::collections::HashMap<String, Status> = state
+                    .conversions
+                    .values()
+                    .map(|c| (c.txn_id.clone(), c.status))
+                    .collect();
+                assert_eq!(got, latest);
+            });
+            for (txn, s) in ops {
+                let d = l.process(&net, fields(&format!("t{txn}"), Status::ALL[s], "1"), NOW).unwrap();
+                prop_assert_eq!(d.outcome, Outcome::Duplicate);
+            }
+        }
+    }
+}

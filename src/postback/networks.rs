@@ -431,7 +431,10 @@ pub struct Network {
 }
 
 impl Network {
-    fn open(rec: &NetworkRecord, sealer: &Sealer) -> Result<Network, Box<dyn std::error::Error>> {
+    pub(crate) fn open(
+        rec: &NetworkRecord,
+        sealer: &Sealer,
+    ) -> Result<Network, Box<dyn std::error::Error>> {
         let secret = sealer.open(&rec.name, Field::Secret, &rec.secret)?;
         let previous = match (&rec.previous_secret, rec.previous_valid_until) {
             (Some(p), Some(until)) => Some((
