@@ -2,7 +2,8 @@
 //! admin listener, runs them until shutdown, then stops them in order.
 //!
 //! Start-up: lock the data dir → master key → store (publishes the link
-//! table) → salt ratchet → stats + click-log writer → bind → serve.
+//! table) → salt ratchet → postbacks (click index, networks, ledger) →
+//! stats + click-log writer → bind → serve.
 //! Shutdown: stop accepting → drain connections (grace period) → stop
 //! background tasks → flush, fsync and checkpoint the click log.
 
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::edge::{CookieTemplate, Edge};
 use crate::keys::{KeyError, MasterKey, MASTER_KEY_ENV};
 use crate::links::SharedLinkTable;
+use crate::postback::Postbacks;
 use crate::server::{self, HttpLimits};
 use crate::stats::StatsIndex;
 use crate::store::{Store, StoreError};
@@ -53,6 +55,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Salt(#[from] crate::clicks::iphash::SaltError),
+    #[error(transparent)]
+    Postback(#[from] crate::postback::OpenError),
     #[error("click log: {0}")]
     ClickLog(std::io::Error),
     #[error(transparent)]
@@ -117,6 +121,7 @@ pub async fn serve(
         now_ms,
     )?);
 
+    let postbacks = Arc::new(Postbacks::open(&config, &master)?);
     let stats = Arc::new(StatsIndex::default());
     let (clicklog, writer) = spawn_writer(
         WriterConfig {
@@ -132,6 +137,7 @@ pub async fn serve(
                 .is_none()
                 .then(|| config.retention.as_duration()),
             edge_node: config.edge.node_id.clone(),
+            click_index: Some(postbacks.click_index.clone()),
         },
         stats.clone(),
     )
@@ -170,11 +176,13 @@ pub async fn serve(
         cookie: CookieTemplate::new(&config.cookie, false),
         secure_cookie: CookieTemplate::new(&config.cookie, true),
         metrics: EdgeMetrics::register(),
+        postbacks: Some(postbacks.clone()),
     });
     let admin = Arc::new(Admin {
         store: store.clone(),
         stats,
         warehouse,
+        ledger: postbacks.ledger.clone(),
         clicklog,
         metrics,
         public_url: config.edge.public_url.clone(),
@@ -251,6 +259,11 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(tick_salts(salts, shutdown.clone()));
+    tasks.spawn(crate::postback::poll_networks(
+        postbacks.networks.clone(),
+        config.links.reload_interval,
+        shutdown.clone(),
+    ));
     tasks.close();
     tracing::info!(
         node = %config.edge.node_id,
@@ -265,6 +278,9 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError::ClickLog(std::io::Error::other(e)))?;
     flushed.map_err(ServeError::ClickLog)?;
+    if let Err(e) = postbacks.ledger.sync() {
+        tracing::error!(error = %e, "ledger: final sync failed");
+    }
     if let Some(shipper) = shipper {
         // The log is flushed: ship its end while the grace period lasts.
         let _ = tokio::task::spawn_blocking(move || shipper.shutdown()).await;

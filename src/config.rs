@@ -54,6 +54,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub postback: PostbackConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +191,17 @@ impl RetentionConfig {
     }
 }
 
+/// `[postback]`: the postback endpoint and the click index behind it.
+#[derive(Debug, Clone)]
+pub struct PostbackConfig {
+    pub max_body_bytes: usize,
+    /// How long a rotated-out secret stays valid (default of `--grace`).
+    pub rotation_grace: Duration,
+    /// Clicks younger than this are kept for matching postbacks.
+    pub click_index_window: Duration,
+    pub click_index_max_clicks: NonZeroUsize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -221,6 +233,7 @@ struct RawConfig {
     sink: RawSink,
     retention: RawRetention,
     log: RawLog,
+    postback: RawPostback,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +385,15 @@ struct RawRetention {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPostback {
+    max_body_bytes: usize,
+    rotation_grace: String,
+    click_index_days: u32,
+    click_index_max_clicks: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLog {
     level: String,
     format: String,
@@ -502,6 +524,7 @@ impl Config {
         };
         tracing_subscriber::EnvFilter::try_new(&log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        let postback = validate_postback(raw.postback)?;
         Ok(Config {
             data_dir: raw.data_dir,
             master_key_file: raw.master_key_file,
@@ -517,8 +540,33 @@ impl Config {
             sink,
             retention,
             log,
+            postback,
         })
     }
+}
+
+fn validate_postback(raw: RawPostback) -> Result<PostbackConfig, ConfigError> {
+    if !(1024..=1 << 20).contains(&raw.max_body_bytes) {
+        return Err(invalid(
+            "postback.max_body_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+    let rotation_grace = humantime::parse_duration(&raw.rotation_grace)
+        .map_err(|e| invalid("postback.rotation_grace", e.to_string()))?;
+    if !(1..=3660).contains(&raw.click_index_days) {
+        return Err(invalid(
+            "postback.click_index_days",
+            "must be between 1 and 3660",
+        ));
+    }
+    Ok(PostbackConfig {
+        max_body_bytes: raw.max_body_bytes,
+        rotation_grace,
+        click_index_window: Duration::from_secs(u64::from(raw.click_index_days) * 86_400),
+        click_index_max_clicks: NonZeroUsize::new(raw.click_index_max_clicks)
+            .ok_or_else(|| invalid("postback.click_index_max_clicks", "must be at least 1"))?,
+    })
 }
 
 fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
@@ -764,6 +812,10 @@ mod tests {
         assert!(err_of("[clicklog]\noverflow = \"maybe\"").contains("clicklog.overflow"));
         assert!(err_of("[cookie]\nname = \"a b\"").contains("cookie.name"));
         assert!(err_of("[retention]\ndays = 0").contains("retention.days"));
+        assert!(
+            err_of("[postback]\nrotation_grace = \"later\"").contains("postback.rotation_grace")
+        );
+        assert!(err_of("[postback]\nmax_body_bytes = 1").contains("postback.max_body_bytes"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The modules follow a click: `edge` answers it, `links` knows where it
 //! goes, `clicks` describes it, `clicklog` makes it durable, `stats` counts
 //! it, `ship` forwards it to Kafka and `sink` loads it into ClickHouse (full
-//! mode), and `admin` lets operators manage links and read the counts.
+//! mode), `postback` matches conversions to clicks, and `admin` lets
+//! operators manage links and read the counts.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod edge;
 pub mod fsutil;
 pub mod keys;
 pub mod links;
+pub mod postback;
 pub mod server;
 pub mod ship;
 pub mod sink;

@@ -39,6 +39,9 @@ enum Command {
     /// Create, list and revoke admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Register affiliate networks and their postback secrets.
+    #[command(subcommand)]
+    Network(Box<clickedge::postback::cli::NetworkCommand>),
     /// Validate the configuration and print the effective values.
     CheckConfig,
 }
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::Sink => sink(config),
         Command::Token(cmd) => token(&config, cmd),
+        Command::Network(cmd) => clickedge::postback::cli::run(&config, *cmd),
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())

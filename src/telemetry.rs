@@ -29,6 +29,10 @@ pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
 pub const TLS_RELOADS: &str = "clickedge_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "clickedge_tls_handshake_failures_total";
+pub const POSTBACKS: &str = "clickedge_postbacks_total";
+pub const POSTBACKS_UNKNOWN_NETWORK: &str = "clickedge_postbacks_unknown_network_total";
+pub const POSTBACK_VERIFY: &str = "clickedge_postback_verify_duration_seconds";
+pub const POSTBACK_LEDGER_ERRORS: &str = "clickedge_postback_ledger_errors_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -43,6 +47,9 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLICKLOG_FSYNC.into()), FSYNC_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(POSTBACK_VERIFY.into()), LATENCY_BUCKETS)
+        })
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -103,6 +110,23 @@ fn describe_and_zero() {
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(
+        POSTBACKS,
+        "Postbacks by network and outcome (each is one ledger record)."
+    );
+    describe_counter!(
+        POSTBACKS_UNKNOWN_NETWORK,
+        "Postbacks for a network that is not registered (404, not recorded)."
+    );
+    describe_histogram!(
+        POSTBACK_VERIFY,
+        Unit::Seconds,
+        "Time to authenticate a postback and read its fields (body included)."
+    );
+    describe_counter!(
+        POSTBACK_LEDGER_ERRORS,
+        "Postbacks answered 503 because the ledger could not be written."
     );
     for listener in ["edge", "admin"] {
         counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
@@ -401,4 +425,43 @@ pub fn pipeline_zero(sink: bool) {
         counter!(SHIP_DELIVERED).absolute(0);
     }
     counter!(KAFKA_CLIENT_ERRORS).absolute(0);
+}
+
+/// One counter per postback outcome for one network, registered when the
+/// network is loaded (labels: the registered name, never request input).
+#[derive(Clone)]
+pub struct PostbackCounters([Counter; 8]);
+
+impl PostbackCounters {
+    pub fn register(network: &str) -> PostbackCounters {
+        PostbackCounters(
+            crate::postback::Outcome::ALL.map(
+                |o| counter!(POSTBACKS, "network" => network.to_owned(), "outcome" => o.as_str()),
+            ),
+        )
+    }
+
+    pub fn get(&self, outcome: crate::postback::Outcome) -> &Counter {
+        &self.0[outcome as usize]
+    }
+}
+
+/// Handles for the postback endpoint, registered once.
+pub struct PostbackMetrics {
+    pub verify: Histogram,
+    pub unknown_network: Counter,
+    pub ledger_errors: Counter,
+}
+
+impl PostbackMetrics {
+    pub fn register() -> PostbackMetrics {
+        let m = PostbackMetrics {
+            verify: histogram!(POSTBACK_VERIFY),
+            unknown_network: counter!(POSTBACKS_UNKNOWN_NETWORK),
+            ledger_errors: counter!(POSTBACK_LEDGER_ERRORS),
+        };
+        m.unknown_network.absolute(0);
+        m.ledger_errors.absolute(0);
+        m
+    }
 }

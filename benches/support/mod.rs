@@ -76,6 +76,7 @@ pub fn fixture(links: usize) -> Fixture {
             snapshot_interval: Duration::from_secs(3600),
             retention: Some(Duration::from_secs(90 * 86_400)),
             edge_node: "bench".into(),
+            click_index: None,
         },
         Arc::new(StatsIndex::default()),
     )
@@ -93,6 +94,7 @@ pub fn fixture(links: usize) -> Fixture {
         cookie: CookieTemplate::new(&cookie_cfg, false),
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
+        postbacks: None,
     };
     Fixture {
         edge,

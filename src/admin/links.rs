@@ -360,6 +360,8 @@ impl Admin {
                 })?,
             None => self.stats.query(&link.code, from, to, interval),
         };
+        let (conversions, revenue) =
+            crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to);
         Ok(serde_json::json!({
             "code": link.code,
             "from": crate::time::rfc3339(from),
@@ -369,9 +371,10 @@ impl Admin {
             "human_clicks": totals.human_clicks,
             "bot_clicks": totals.bot_clicks,
             "unique_visitors": totals.unique_visitors,
-            // Conversions arrive with postbacks; none are recorded yet.
-            "conversions": 0,
-            "revenue": {},
+            // Pending + approved conversions first received in the range;
+            // revenue from approved ones, per currency (latest status wins).
+            "conversions": conversions,
+            "revenue": revenue,
             "series": series,
         }))
     }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod links;
+pub mod reconciliation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub struct Admin {
     pub stats: Arc<StatsIndex>,
     /// Full mode: stats come from ClickHouse, readiness includes Kafka.
     pub warehouse: Option<Warehouse>,
+    pub ledger: Arc<crate::postback::Ledger>,
     pub clicklog: ClickLog,
     pub metrics: Option<PrometheusHandle>,
     pub public_url: String,
@@ -191,7 +193,10 @@ impl Admin {
             (["links", code, "stats"], &Method::GET) => {
                 ("links_stats", admin.stats(who, code, q).map(ok_json))
             }
-            (["links"] | ["links", _] | ["links", _, "stats"], _) => {
+            (["reconciliation"], &Method::GET) => {
+                ("reconciliation", admin.reconciliation(who, q).map(ok_json))
+            }
+            (["links"] | ["links", _] | ["links", _, "stats"] | ["reconciliation"], _) => {
                 ("v1", Err(ApiError::method_not_allowed()))
             }
             _ => ("v1", Err(ApiError::not_found("route"))),

@@ -43,6 +43,8 @@ pub struct WriterConfig {
     /// where the shipper deletes segments once Kafka has them.
     pub retention: Option<Duration>,
     pub edge_node: String,
+    /// Fed with each click once it is written (postback matching).
+    pub click_index: Option<Arc<crate::postback::ClickIndex>>,
 }
 
 /// Owns the writer thread; `shutdown` flushes, fsyncs and checkpoints.
@@ -143,6 +145,7 @@ struct Writer {
 /// Stats facts of one written event, applied after its bytes are on disk.
 struct Pending {
     code: Arc<crate::links::Link>,
+    click_id: crate::clicks::ClickId,
     ts_ms: i64,
     bot: bool,
     visitor: u64,
@@ -199,7 +202,20 @@ impl Writer {
                 failures = 0;
                 buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
+                let now_ms = chrono::Utc::now().timestamp_millis();
                 for p in pending.drain(..) {
+                    // Index first: a click visible in stats is matchable.
+                    if let Some(index) = &self.cfg.click_index {
+                        let r = &p.code.record;
+                        index.record(
+                            p.click_id.as_str(),
+                            p.ts_ms,
+                            &r.code,
+                            &r.tenant,
+                            p.bot,
+                            now_ms,
+                        );
+                    }
                     self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
                 }
             }
@@ -243,6 +259,7 @@ impl Writer {
         ev.encode_json(bot, &self.cfg.edge_node, buf);
         pending.push(Pending {
             code: ev.link.clone(),
+            click_id: ev.click_id,
             ts_ms: ev.ts_ms,
             bot: bot.is_some(),
             visitor: ev.ip_hash.visitor_key(),

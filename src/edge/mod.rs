@@ -28,6 +28,8 @@ pub struct Edge {
     /// The same cookie with `Secure`, for requests that came over TLS.
     pub secure_cookie: CookieTemplate,
     pub metrics: EdgeMetrics,
+    /// `/_postback/{network}`; `None` where postbacks are not served.
+    pub postbacks: Option<Arc<crate::postback::Postbacks>>,
 }
 
 /// `Set-Cookie` pre-rendered around the click id.

@@ -134,10 +134,20 @@ pub fn decide<B>(
 }
 
 /// Serves one request on the public listener.
-pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response<Body> {
+pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let m = &edge.metrics;
     if req.uri().path().starts_with("/_") {
+        if let Some(pb) = &edge.postbacks {
+            if crate::postback::endpoint::is_postback_path(req.uri().path()) {
+                return crate::postback::endpoint::handle(pb, &edge.trusted_proxies, req, peer)
+                    .await;
+            }
+        }
         m.reserved.increment(1);
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }

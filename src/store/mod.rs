@@ -12,7 +12,7 @@
 //! edge's [`SharedLinkTable`]. It is the one interface a future fleet store
 //! (links shared through Kafka) replaces; the edge only sees the table.
 
-mod record_log;
+pub(crate) mod record_log;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;

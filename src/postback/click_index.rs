@@ -1,0 +1,238 @@
+//! The click index: click id → (link, tenant, time, bot) for the clicks this
+//! node recorded, so a postback can be matched without reading the log.
+//!
+//! Shape: one hash map per UTC day, in a `BTreeMap` by day. A verified click
+//! id carries its own timestamp, so a lookup goes straight to one day's map;
+//! old clicks leave by whole days, with no per-entry bookkeeping.
+//!
+//! Memory bound: only clicks younger than `postback.click_index_days` are
+//! kept, and never more than `postback.click_index_max_clicks`; past that
+//! the oldest day is dropped whole. An entry is a 32-byte key plus a
+//! 24-byte value (a shared link handle, the time, the bot flag) in a
+//! hashbrown map: about 56 bytes of payload, ~64–130 bytes per click with
+//! the map's load factor, ~90 on average. The default cap of 2,000,000
+//! clicks is therefore ~180 MB at most; size it as clicks per day × window
+//! days. Links are interned, so a link's code and tenant are stored once.
+//!
+//! Fed two ways: at start-up from the click-log segments younger than the
+//! window (start-up reads them once), then by the click-log writer right
+//! after each batch is on disk. A postback whose click is not (yet) here is
+//! `unknown_click`; reconciliation looks those up again when it reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::clicklog::{segments, Position};
+use crate::clicks::WireClick;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The link a click went to; shared by all its clicks.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub code: String,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClickRef {
+    pub link: Arc<LinkKey>,
+    pub ts_ms: i64,
+    pub bot: bool,
+}
+
+#[derive(Default)]
+struct Days {
+    days: BTreeMap<i64, HashMap<[u8; 32], ClickRef>>,
+    /// By code: a code never moves to another tenant (codes are not reused).
+    links: HashMap<String, Arc<LinkKey>>,
+}
+
+pub struct ClickIndex {
+    window_ms: i64,
+    max_clicks: usize,
+    inner: RwLock<Days>,
+    len: AtomicUsize,
+}
+
+impl ClickIndex {
+    pub fn new(window: std::time::Duration, max_clicks: usize) -> ClickIndex {
+        ClickIndex {
+            window_ms: window.as_millis() as i64,
+            max_clicks: max_clicks.max(1),
+            inner: RwLock::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Clicks held.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one written click. Ids that are not 32 bytes are ignored.
+    pub fn record(
+        &self,
+        click_id: &str,
+        ts_ms: i64,
+        code: &str,
+        tenant: &str,
+        bot: bool,
+        now_ms: i64,
+    ) {
+        let Ok(key) = <[u8; 32]>::try_from(click_id.as_bytes()) else {
+            return;
+        };
+        if ts_ms < now_ms - self.window_ms {
+            return;
+        }
+        let day = ts_ms.div_euclid(DAY_MS);
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // Looked up by `&str`: no allocation for a known link.
+        let link = match inner.links.get(code) {
+            Some(l) if l.tenant == tenant => l.clone(),
+            _ => {
+                let l = Arc::new(LinkKey {
+                    code: code.to_owned(),
+                    tenant: tenant.to_owned(),
+                });
+                inner.links.insert(code.to_owned(), l.clone());
+                l
+            }
+        };
+        let new_day = !inner.days.contains_key(&day);
+        if inner
+            .days
+            .entry(day)
+            .or_default()
+            .insert(key, ClickRef { link, ts_ms, bot })
+            .is_none()
+        {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        if new_day {
+            self.expire(&mut inner, now_ms);
+        }
+        while self.len() > self.max_clicks && inner.days.len() > 1 {
+            self.drop_oldest(&mut inner);
+        }
+    }
+
+    fn expire(&self, inner: &mut Days, now_ms: i64) {
+        let oldest_day = (now_ms - self.window_ms).div_euclid(DAY_MS);
+        while inner
+            .days
+            .first_key_value()
+            .is_some_and(|(d, _)| *d < oldest_day)
+        {
+            self.drop_oldest(inner);
+        }
+        // Links no click refers to any more.
+        inner.links.retain(|_, l| Arc::strong_count(l) > 1);
+    }
+
+    fn drop_oldest(&self, inner: &mut Days) {
+        if let Some((_, map)) = inner.days.pop_first() {
+            self.len.fetch_sub(map.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Rebuilds from the click log: every event younger than the window.
+    /// Returns how many clicks were indexed.
+    pub fn load_log(&self, data_dir: &Path, now_ms: i64) -> std::io::Result<usize> {
+        let dir = data_dir.join(segments::DIR_NAME);
+        if !dir.is_dir() {
+            return Ok(0);
+        }
+        let cutoff =
+            std::time::SystemTime::now() - std::time::Duration::from_millis(self.window_ms as u64);
+        // Segments last written before the window hold nothing we keep.
+        let first = segments::list(&dir)?.into_iter().find(|seq| {
+            std::fs::metadata(segments::segment_path(&dir, *seq))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= cutoff)
+        });
+        let Some(first) = first else { return Ok(0) };
+        let before = self.len();
+        segments::read_from(
+            &dir,
+            Position {
+                segment: first,
+                offset: 0,
+            },
+            |line, _| {
+                if let Ok(ev) = serde_json::from_slice::<WireClick<'_>>(line) {
+                    self.record(&ev.click_id, ev.ts.0, &ev.code, &ev.tenant, ev.bot, now_ms);
+                }
+            },
+        )?;
+        Ok(self.len() - before.min(self.len()))
+    }
+}
+
+impl super::ClickLookup for ClickIndex {
+    fn find(&self, click_id: &str, ts_ms: i64) -> Option<ClickRef> {
+        let key = <[u8; 32]>::try_from(click_id.as_bytes()).ok()?;
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .days
+            .get(&ts_ms.div_euclid(DAY_MS))
+            .and_then(|m| m.get(&key))
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ClickLookup;
+    use super::*;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn id(n: u32) -> String {
+        format!("{n:032}")
+    }
+
+    #[test]
+    fn recorded_clicks_are_found_by_id_and_time() {
+        let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 100);
+        ix.record(&id(1), NOW - 5, "spring", "acme", false, NOW);
+        let c = ix.find(&id(1), NOW - 5).unwrap();
+        assert_eq!(c.link.code, "spring");
+        assert_eq!(c.link.tenant, "acme");
+        assert!(ix.find(&id(2), NOW).is_none());
+        assert!(ix.find("short", NOW).is_none());
+    }
+
+    #[test]
+    fn clicks_older_than_the_window_are_not_kept() {
+        let ix = ClickIndex::new(Duration::from_secs(86_400), 100);
+        ix.record(&id(1), NOW - 3 * DAY_MS, "a", "t", false, NOW);
+        assert!(ix.is_empty());
+        ix.record(&id(2), NOW - DAY_MS / 2, "a", "t", false, NOW);
+        assert_eq!(ix.len(), 1);
+        // Days later, a new day's first click expires the old day.
+        ix.record(&id(3), NOW + 3 * DAY_MS, "a", "t", false, NOW + 3 * DAY_MS);
+        assert_eq!(ix.len(), 1);
+        assert!(ix.find(&id(2), NOW - DAY_MS / 2).is_none());
+    }
+
+    #[test]
+    fn the_cap_drops_whole_oldest_days() {
+        let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 3);
+        for (n, day) in [(1, 5), (2, 5), (3, 4), (4, 3)] {
+            ix.record(&id(n), NOW - day * DAY_MS, "a", "t", false, NOW);
+        }
+        // Day -5 (two clicks) went when the fourth click passed the cap.
+        assert_eq!(ix.len(), 2);
+        assert!(ix.find(&id(1), NOW - 5 * DAY_MS).is_none());
+        assert!(ix.find(&id(4), NOW - 3 * DAY_MS).is_some());
+    }
+}

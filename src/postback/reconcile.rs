@@ -1,0 +1,225 @@
+//! Reconciliation: what the ledger says, per network, day and link, in the
+//! shape an operator compares with a network's own report.
+//!
+//! Conventions (also in the README):
+//! - A conversion is one (network, txn_id). It belongs to the UTC day its
+//!   first postback was received, and counts once, with its latest status,
+//!   payout and currency, however often it was retried or changed.
+//! - `received` counts postbacks (records); `accepted`, `status_changes`,
+//!   `duplicates` and `unknown_clicks` count records by outcome;
+//!   `unmatched` counts conversions whose click is still unknown now (a
+//!   click that arrived later is matched when this is read).
+//! - `conversions` and `conversion_rate` count pending and approved ones;
+//!   `revenue` and `epc` (earnings per human click) use approved payouts,
+//!   per currency.
+//! - A tenant sees only conversions whose click went to one of its links;
+//!   records with no conversion (`bad_auth`, `malformed`, `forged_click`,
+//!   `out_of_window`) and unmatched conversions are visible to admins only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::decimal::Decimal;
+use super::ledger::{Ledger, DAY_MS};
+use super::{Outcome, Status};
+use crate::stats::{Interval, StatsIndex};
+
+/// Decimal places of the conversion rate.
+const RATE_DIGITS: i32 = 4;
+
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub network: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// `None` for an admin (every tenant).
+    pub tenant: Option<String>,
+}
+
+type Money = BTreeMap<String, Decimal>;
+
+#[derive(Debug, Default, Serialize)]
+struct StatusRow {
+    count: u64,
+    payout: Money,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LinkRow {
+    code: String,
+    tenant: String,
+    human_clicks: u64,
+    conversions: u64,
+    by_status: BTreeMap<&'static str, StatusRow>,
+    revenue: Money,
+    conversion_rate: Option<f64>,
+    epc: Money,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct DayRow {
+    network: String,
+    day: String,
+    received: u64,
+    accepted: u64,
+    status_changes: u64,
+    duplicates: u64,
+    unknown_clicks: u64,
+    unmatched: u64,
+    /// Admins only: postbacks refused before they became a conversion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<BTreeMap<&'static str, u64>>,
+    conversions: u64,
+    by_status: BTreeMap<&'static str, StatusRow>,
+    revenue: Money,
+    links: Vec<LinkRow>,
+}
+
+fn add(money: &mut Money, currency: &str, amount: Decimal) {
+    let slot = money.entry(currency.to_owned()).or_default();
+    *slot = slot.checked_add(amount).unwrap_or(*slot);
+}
+
+/// Answers `GET /v1/reconciliation`.
+pub fn reconcile(ledger: &Ledger, stats: &StatsIndex, q: &Query) -> serde_json::Value {
+    let mut days: BTreeMap<(String, i64), DayRow> = BTreeMap::new();
+    let mut links: BTreeMap<(String, i64), BTreeMap<(String, String), LinkRow>> = BTreeMap::new();
+    let in_range = |ms: i64| ms >= q.from_ms && ms < q.to_ms;
+    let wanted = |n: &str| q.network.as_deref().is_none_or(|w| w == n);
+    ledger.read(|state| {
+        for c in state.conversions.values() {
+            if !wanted(&c.network) || !in_range(c.first_ms) {
+                continue;
+            }
+            if let Some(t) = &q.tenant {
+                if c.tenant.as_deref() != Some(t) {
+                    continue;
+                }
+            }
+            let day = c.first_ms.div_euclid(DAY_MS);
+            let d = day_row(&mut days, &c.network, day, q.tenant.is_none());
+            let n = |o: Outcome| c.counts[o as usize];
+            d.received += c.counts.iter().sum::<u64>();
+            d.accepted += n(Outcome::Accepted);
+            d.status_changes += n(Outcome::StatusChange);
+            d.duplicates += n(Outcome::Duplicate);
+            d.unknown_clicks += n(Outcome::UnknownClick);
+            let s = d.by_status.entry(c.status.as_str()).or_default();
+            s.count += 1;
+            add(&mut s.payout, &c.currency, c.payout);
+            if c.status.counts_as_conversion() {
+                d.conversions += 1;
+            }
+            if c.status == Status::Approved {
+                add(&mut d.revenue, &c.currency, c.payout);
+            }
+            let (Some(code), Some(tenant)) = (&c.code, &c.tenant) else {
+                d.unmatched += 1;
+                continue;
+            };
+            let l = links
+                .entry((c.network.clone(), day))
+                .or_default()
+                .entry((code.clone(), tenant.clone()))
+                .or_insert_with(|| LinkRow {
+                    code: code.clone(),
+                    tenant: tenant.clone(),
+                    ..LinkRow::default()
+                });
+            let s = l.by_status.entry(c.status.as_str()).or_default();
+            s.count += 1;
+            add(&mut s.payout, &c.currency, c.payout);
+            if c.status.counts_as_conversion() {
+                l.conversions += 1;
+            }
+            if c.status == Status::Approved {
+                add(&mut l.revenue, &c.currency, c.payout);
+            }
+        }
+        if q.tenant.is_none() {
+            for ((network, day), counts) in &state.refused {
+                if !wanted(network) || !in_range(day * DAY_MS) {
+                    continue;
+                }
+                let d = day_row(&mut days, network, *day, true);
+                let refused = d.refused.get_or_insert_with(BTreeMap::new);
+                for o in [
+                    Outcome::ForgedClick,
+                    Outcome::OutOfWindow,
+                    Outcome::BadAuth,
+                    Outcome::Malformed,
+                ] {
+                    let n = counts[o as usize];
+                    if n > 0 {
+                        *refused.entry(o.as_str()).or_default() += n;
+                        d.received += n;
+                    }
+                }
+            }
+        }
+    });
+    for ((network, day), rows) in links {
+        let d = days
+            .get_mut(&(network, day))
+            .expect("a day row exists for each link row");
+        let start = day * DAY_MS;
+        for (_, mut l) in rows {
+            let (clicks, _) = stats.query(&l.code, start, start + DAY_MS, Interval::Day);
+            l.human_clicks = clicks.human_clicks;
+            if l.human_clicks > 0 {
+                let rate = l.conversions as f64 / l.human_clicks as f64;
+                let scale = 10f64.powi(RATE_DIGITS);
+                l.conversion_rate = Some((rate * scale).round() / scale);
+                for (cur, amount) in &l.revenue {
+                    if let Some(epc) = amount.div_round(l.human_clicks) {
+                        l.epc.insert(cur.clone(), epc);
+                    }
+                }
+            }
+            d.links.push(l);
+        }
+    }
+    serde_json::json!({
+        "from": crate::time::rfc3339(q.from_ms),
+        "to": crate::time::rfc3339(q.to_ms),
+        "network": q.network,
+        "days": days.into_values().collect::<Vec<_>>(),
+    })
+}
+
+fn day_row<'a>(
+    days: &'a mut BTreeMap<(String, i64), DayRow>,
+    network: &str,
+    day: i64,
+    admin: bool,
+) -> &'a mut DayRow {
+    days.entry((network.to_owned(), day))
+        .or_insert_with(|| DayRow {
+            network: network.to_owned(),
+            day: crate::time::rfc3339(day * DAY_MS)[..10].to_owned(),
+            refused: admin.then(BTreeMap::new),
+            ..DayRow::default()
+        })
+}
+
+/// A link's conversions (pending + approved) and approved revenue per
+/// currency, for conversions first received in `[from_ms, to_ms)`.
+pub fn link_totals(ledger: &Ledger, code: &str, from_ms: i64, to_ms: i64) -> (u64, Money) {
+    ledger.read(|state| {
+        let mut conversions = 0;
+        let mut revenue = Money::new();
+        for c in state.conversions.values() {
+            if c.code.as_deref() != Some(code) || c.first_ms < from_ms || c.first_ms >= to_ms {
+                continue;
+            }
+            if c.status.counts_as_conversion() {
+                conversions += 1;
+            }
+            if c.status == Status::Approved {
+                add(&mut revenue, &c.currency, c.payout);
+            }
+        }
+        (conversions, revenue)
+    })
+}
