@@ -99,6 +99,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
         rt.worker_threads(n.get());
     }
     let rt = rt.build().context("starting the runtime")?;
+    until_signal(rt, |shutdown| {
+        clickedge::app::serve(config, Some(metrics), shutdown)
+    })?;
+    Ok(())
+}
+
+/// Runs `task` on `rt` with a token cancelled by SIGTERM or SIGINT.
+fn until_signal<F, T>(rt: tokio::runtime::Runtime, task: impl FnOnce(CancellationToken) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -106,9 +117,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             wait_for_signal().await;
             signals.cancel();
         });
-        clickedge::app::serve(config, Some(metrics), shutdown).await
-    })?;
-    Ok(())
+        task(shutdown).await
+    })
 }
 
 fn sink(config: Config) -> anyhow::Result<()> {
@@ -134,14 +144,8 @@ fn sink(config: Config) -> anyhow::Result<()> {
         retention: config.retention.clone(),
         client_id: format!("clickedge-sink-{}", config.edge.node_id),
     };
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            signals.cancel();
-        });
-        clickedge::sink::run(settings, Some(metrics), shutdown).await
+    until_signal(rt, |shutdown| {
+        clickedge::sink::run(settings, Some(metrics), shutdown)
     })?;
     Ok(())
 }

@@ -465,3 +465,38 @@ impl PostbackMetrics {
         m
     }
 }
+
+/// Lets one log line through per interval: for errors a client library
+/// repeats many times a second while a service is down.
+pub struct Throttle {
+    every: Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether a line may be logged now.
+    pub fn allow(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= self.every) {
+            *last = Some(std::time::Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// librdkafka's own log lines (warnings and worse), at debug level: what
+/// matters reaches the error callbacks, which log throttled warnings.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+        tracing::debug!(facility, "librdkafka: {message}");
+    }
+}

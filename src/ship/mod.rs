@@ -211,7 +211,7 @@ impl Inflight {
 /// Collects delivery reports; the shipper drains them after each poll.
 struct ShipContext {
     reports: Mutex<Vec<(usize, bool)>>,
-    last_error_log: Mutex<Option<Instant>>,
+    errors: telemetry::Throttle,
 }
 
 /// librdkafka repeats connection errors every few hundred ms while a broker
@@ -220,16 +220,12 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl ClientContext for ShipContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
-            tracing::debug!(facility = fac, "librdkafka: {message}");
-        }
+        telemetry::librdkafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         telemetry::kafka_client_error();
-        let mut last = self.last_error_log.lock().expect("not poisoned");
-        if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
-            *last = Some(Instant::now());
+        if self.errors.allow() {
             tracing::warn!(%error, reason, "ship: kafka client error (clicks wait in the local log)");
         }
     }
@@ -375,7 +371,7 @@ impl Shipper {
             .set_log_level(RDKafkaLogLevel::Warning)
             .create_with_context(ShipContext {
                 reports: Mutex::new(Vec::new()),
-                last_error_log: Mutex::new(None),
+                errors: telemetry::Throttle::new(ERROR_LOG_EVERY),
             })
     }
 

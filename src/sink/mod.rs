@@ -42,6 +42,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const LAG_EVERY: Duration = Duration::from_secs(10);
+/// The lag probe gives up quickly: it runs on the consuming task.
+const LAG_CALL_TIMEOUT: Duration = Duration::from_millis(500);
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records re-read per partition at start (see [`assign_all`]): more than a
 /// producer batch holds (1 MB of ~300-byte events).
@@ -154,7 +156,7 @@ pub async fn run(
     ));
     let mut batch = Batch::default();
     let mut last_lag: Option<Instant> = None;
-    let recv_errors = RateLimitedLog::default();
+    let recv_errors = telemetry::Throttle::new(ERROR_LOG_EVERY);
     loop {
         let deadline = batch
             .first_at
@@ -165,7 +167,9 @@ pub async fn run(
             _ = sleep_until(deadline) => {}
             msg = consumer.recv() => match msg {
                 Ok(m) => batch.add(&m),
-                Err(e) => recv_errors.warn(|| tracing::warn!(error = %e, "sink: kafka receive error")),
+                Err(e) => if recv_errors.allow() {
+                    tracing::warn!(error = %e, "sink: kafka receive error");
+                },
             },
         }
         let full = batch.rows() >= cfg.sink.batch_rows.get() as usize
@@ -386,13 +390,13 @@ fn report_lag(consumer: &StreamConsumer<SinkContext>) {
         let Ok(assigned) = consumer.assignment() else {
             return;
         };
-        let Ok(committed) = consumer.committed_offsets(assigned, KAFKA_CALL_TIMEOUT) else {
+        let Ok(committed) = consumer.committed_offsets(assigned, LAG_CALL_TIMEOUT) else {
             return;
         };
         let mut lag = 0i64;
         for e in committed.elements() {
             let Ok((low, high)) =
-                consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)
+                consumer.fetch_watermarks(e.topic(), e.partition(), LAG_CALL_TIMEOUT)
             else {
                 return;
             };
@@ -468,37 +472,28 @@ impl Backoff {
     }
 }
 
-#[derive(Default)]
-struct RateLimitedLog {
-    last: std::sync::Mutex<Option<Instant>>,
+struct SinkContext {
+    errors: telemetry::Throttle,
 }
 
-impl RateLimitedLog {
-    fn warn(&self, log: impl FnOnce()) {
-        let mut last = self.last.lock().expect("not poisoned");
-        if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
-            *last = Some(Instant::now());
-            log();
+impl Default for SinkContext {
+    fn default() -> SinkContext {
+        SinkContext {
+            errors: telemetry::Throttle::new(ERROR_LOG_EVERY),
         }
     }
-}
-
-#[derive(Default)]
-struct SinkContext {
-    errors: RateLimitedLog,
 }
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
-            tracing::debug!(facility = fac, "librdkafka: {message}");
-        }
+        telemetry::librdkafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         telemetry::kafka_client_error();
-        self.errors
-            .warn(|| tracing::warn!(%error, reason, "sink: kafka client error"));
+        if self.errors.allow() {
+            tracing::warn!(%error, reason, "sink: kafka client error");
+        }
     }
 }
 
