@@ -171,6 +171,13 @@ pub async fn run(plan: Arc<Plan>, index: usize, workers: usize) -> Tally {
                 if head.close || plan.new_conn {
                     conn = None;
                 }
+                // Every click id, warm-up included: a check that all
+                // answered clicks were stored needs all of them.
+                if redirect && plan.keep_click_ids {
+                    if let Some(id) = click_id(&head, &plan.cookie_name) {
+                        tally.click_ids.push(id.to_owned());
+                    }
+                }
                 if !recording {
                     continue;
                 }
@@ -180,11 +187,6 @@ pub async fn run(plan: Arc<Plan>, index: usize, workers: usize) -> Tally {
                     tally.errors.check += 1;
                 } else {
                     tally.ok += 1;
-                }
-                if redirect && plan.keep_click_ids {
-                    if let Some(id) = click_id(&head, &plan.cookie_name) {
-                        tally.click_ids.push(id.to_owned());
-                    }
                 }
             }
             failure => {
