@@ -132,10 +132,9 @@ pub async fn serve(
             fsync_interval: config.clicklog.fsync_interval,
             segment_bytes: config.clicklog.segment_bytes,
             snapshot_interval: config.stats.snapshot_interval,
-            retention: config
-                .kafka
-                .is_none()
-                .then(|| config.retention.as_duration()),
+            retention: config.retention.as_duration(),
+            // In full mode the shipper deletes segments once Kafka has them.
+            delete_old_segments: config.kafka.is_none(),
             edge_node: config.edge.node_id.clone(),
             click_index: Some(postbacks.click_index.clone()),
         },
@@ -276,15 +275,17 @@ pub async fn serve(
     tasks.wait().await;
     let flushed = tokio::task::spawn_blocking(move || writer.shutdown())
         .await
-        .map_err(|e| ServeError::ClickLog(std::io::Error::other(e)))?;
-    flushed.map_err(ServeError::ClickLog)?;
+        .map_err(|e| ServeError::ClickLog(std::io::Error::other(e)))
+        .and_then(|r| r.map_err(ServeError::ClickLog));
     if let Err(e) = postbacks.ledger.sync() {
         tracing::error!(error = %e, "ledger: final sync failed");
     }
     if let Some(shipper) = shipper {
-        // The log is flushed: ship its end while the grace period lasts.
+        // The log is flushed (or as flushed as it gets): ship its end while
+        // the grace period lasts, and save the confirmed position.
         let _ = tokio::task::spawn_blocking(move || shipper.shutdown()).await;
     }
+    flushed?;
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())

@@ -634,6 +634,21 @@ fn validate_kafka(k: RawKafka) -> Result<KafkaConfig, ConfigError> {
     if k.linger_ms > 10_000 {
         return Err(invalid("kafka.linger_ms", "must be at most 10000"));
     }
+    // librdkafka's own bounds, checked here so a bad value names its key.
+    if k.message_timeout_ms != 0
+        && (k.message_timeout_ms <= k.linger_ms || k.message_timeout_ms > i32::MAX as u64)
+    {
+        return Err(invalid(
+            "kafka.message_timeout_ms",
+            "must be 0 (no deadline) or more than kafka.linger_ms and at most 2147483647",
+        ));
+    }
+    if k.queue_max_messages > 2_147_483_647 {
+        return Err(invalid(
+            "kafka.queue_max_messages",
+            "must be at most 2147483647",
+        ));
+    }
     if k.group_id.is_empty() || k.group_id.len() > 255 {
         return Err(invalid("kafka.group_id", "must be 1-255 characters"));
     }

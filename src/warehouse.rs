@@ -21,6 +21,11 @@ pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 const RETAINED_TABLES: &[&str] = &[CLICKS_TABLE, DEAD_LETTERS_TABLE];
 /// Longest a stats query may take before the admin API answers 503.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(8);
+/// An insert whose chunks or final answer take longer fails and is retried:
+/// a server that accepts connections and never answers must not hang the
+/// sink.
+const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const INSERT_END_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
@@ -130,7 +135,10 @@ where
     T: Row + Serialize,
     for<'a> T: Row<Value<'a> = T>,
 {
-    let mut insert = client.insert::<T>(table).await?;
+    let mut insert = client
+        .insert::<T>(table)
+        .await?
+        .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
     for row in rows {
         insert.write(row).await?;
     }

@@ -383,7 +383,9 @@ fn a_sink_killed_mid_batch_reloads_without_double_counting() {
 
 #[test]
 fn a_graceful_serve_restart_mid_load_loses_nothing() {
-    let s = stack("memory", &[]);
+    // Small segments: the log rotates every ~100 clicks, so the shipper
+    // trims, follows rotations and resumes across the restart many times.
+    let s = stack("memory", &[("CLICKEDGE_CLICKLOG__SEGMENT_BYTES", "65536")]);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut env = s.env.clone();

@@ -39,9 +39,12 @@ pub struct WriterConfig {
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
     pub snapshot_interval: Duration,
-    /// Segments last written longer ago are deleted. `None` in full mode,
-    /// where the shipper deletes segments once Kafka has them.
-    pub retention: Option<Duration>,
+    /// Stats buckets and (when `delete_old_segments`) segments older than
+    /// this are dropped.
+    pub retention: Duration,
+    /// False in full mode, where the shipper deletes segments once Kafka
+    /// has them (never one it has not shipped, however old).
+    pub delete_old_segments: bool,
     pub edge_node: String,
     /// Fed with each click once it is written (postback matching).
     pub click_index: Option<Arc<crate::postback::ClickIndex>>,
@@ -245,7 +248,7 @@ impl Writer {
                 tracing::info!(position = ?self.position, "clicklog: flushed and closed");
                 return Ok(());
             }
-            if self.cfg.retention.is_some()
+            if self.cfg.delete_old_segments
                 && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
             {
                 self.apply_retention();
@@ -313,12 +316,7 @@ impl Writer {
 
     fn retention_cutoff_ms(&self) -> i64 {
         let now = chrono::Utc::now().timestamp_millis();
-        now - self
-            .cfg
-            .retention
-            .unwrap_or(Duration::MAX)
-            .as_millis()
-            .min(i64::MAX as u128) as i64
+        now - self.cfg.retention.as_millis() as i64
     }
 
     /// Deletes closed segments last written before the retention cut-off.
@@ -326,11 +324,7 @@ impl Writer {
         let Ok(seqs) = segments::list(&self.dir) else {
             return;
         };
-        let Some(cutoff) = self
-            .cfg
-            .retention
-            .and_then(|r| SystemTime::now().checked_sub(r))
-        else {
+        let Some(cutoff) = SystemTime::now().checked_sub(self.cfg.retention) else {
             return;
         };
         let mut live = 0;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::clicklog::segments::{self, Position, Tail};
@@ -46,6 +47,17 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause after a failed log read or producer creation.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Between attempts to create missing topics.
+const TOPICS_RETRY: Duration = Duration::from_secs(15);
+/// Longest pause between re-sends of a record that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// 0.5 s, doubling with each failure in a row, up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    RETRY_PAUSE
+        .saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(MAX_BACKOFF)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -98,7 +110,19 @@ pub fn spawn(
     cfg: ShipperConfig,
     backlog_full: Arc<AtomicBool>,
 ) -> Result<ShipperHandle, ShipError> {
-    let confirmed = load_position(&cfg.data_dir)?;
+    let log_dir = cfg.data_dir.join(segments::DIR_NAME);
+    let saved = load_position(&cfg.data_dir)?;
+    let confirmed = clamp_to_log(&log_dir, saved).map_err(|source| ShipError::Position {
+        path: log_dir.display().to_string(),
+        source,
+    })?;
+    if confirmed != saved {
+        tracing::warn!(
+            saved = ?saved,
+            resuming = ?confirmed,
+            "ship: the saved position is past the end of the click log (a power loss cut it, or it was replaced); resuming earlier, which may re-send"
+        );
+    }
     tracing::info!(from = ?confirmed, "ship: resuming from the confirmed position");
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(ShipStatus::default());
@@ -108,6 +132,9 @@ pub fn spawn(
         inflight: Inflight::new(confirmed),
         saved: confirmed,
         rewinding: false,
+        refusals: 0,
+        rewinds: 0,
+        errors: telemetry::Throttle::new(ERROR_LOG_EVERY),
         backlog_full,
         status: status.clone(),
         stop: stop.clone(),
@@ -253,6 +280,10 @@ struct Shipper {
     saved: Position,
     /// A delivery failed: send nothing until in-flight records resolve.
     rewinding: bool,
+    /// Rewinds (or refused sends) in a row, for the backoff.
+    refusals: u32,
+    rewinds: u32,
+    errors: telemetry::Throttle,
     backlog_full: Arc<AtomicBool>,
     status: Arc<ShipStatus>,
     stop: Arc<AtomicBool>,
@@ -261,6 +292,7 @@ struct Shipper {
 impl Shipper {
     fn run(&mut self) {
         let mut topics_ready = false;
+        let mut topics_tried: Option<Instant> = None;
         let mut last_housekeeping: Option<Instant> = None;
         let mut reports = Vec::new();
         let mut producer = None;
@@ -296,6 +328,7 @@ impl Shipper {
                 delivered += u64::from(ok);
             }
             if delivered > 0 {
+                self.rewinds = 0;
                 telemetry::ship_delivered(delivered);
                 self.status.kafka_reachable.store(true, Ordering::Relaxed);
             }
@@ -310,6 +343,12 @@ impl Shipper {
                 self.inflight.reset();
                 self.tail = Tail::new(&self.log_dir, self.inflight.confirmed);
                 self.rewinding = false;
+                // A record that keeps failing must not turn into a storm
+                // of re-sends.
+                self.rewinds += 1;
+                std::thread::sleep(backoff(self.rewinds));
+            }
+            if self.inflight.unresolved == 0 {
                 if let Some((code, reason)) = p.client().fatal_error() {
                     tracing::error!(
                         ?code,
@@ -324,11 +363,15 @@ impl Shipper {
             if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
                 let stopping = stopping_since.is_some();
                 self.housekeeping(p, stopping);
-                if !topics_ready && !stopping {
+                if !topics_ready
+                    && !stopping
+                    && topics_tried.is_none_or(|t| t.elapsed() >= TOPICS_RETRY)
+                {
                     // Blocks for a few seconds while the broker is down;
                     // clicks keep accumulating in the log meanwhile.
                     topics_ready =
                         topics::ensure(&self.cfg.kafka, &self.cfg.client_id, topics::SERVE_TOPICS);
+                    topics_tried = Some(Instant::now());
                 }
                 last_housekeeping = Some(Instant::now());
             }
@@ -384,20 +427,41 @@ impl Shipper {
             return 0;
         }
         let mut sent = 0;
+        let mut refused = None;
         let inflight = &mut self.inflight;
         let read = self.tail.read(room, |line, end| {
             let no = inflight.next_no;
             let record =
                 BaseRecord::<(), [u8], usize>::with_opaque_to(topics::CLICKS, no).payload(line);
-            // Refused (the producer's queue is full): the tail stays
-            // before this line and reads it again next round.
-            let taken = p.send(record).is_ok();
-            if taken {
-                inflight.push(end);
-                sent += 1;
+            // Refused: the tail stays before this line and reads it again.
+            match p.send(record) {
+                Ok(()) => {
+                    inflight.push(end);
+                    sent += 1;
+                    true
+                }
+                Err((e, _)) => {
+                    refused = Some(e);
+                    false
+                }
             }
-            taken
         });
+        match refused {
+            // The producer's queue is full: the next round retries.
+            Some(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {}
+            Some(e) => {
+                // Anything else will not clear by itself at once (a fatal
+                // producer error, an unknown topic): pause, and let the
+                // loop rebuild the producer if it is fatal.
+                telemetry::ship_delivery_failed(&e);
+                if self.errors.allow() {
+                    tracing::warn!(error = %e, "ship: the producer refused a record; retrying");
+                }
+                self.refusals += 1;
+                std::thread::sleep(backoff(self.refusals));
+            }
+            None => self.refusals = 0,
+        }
         if let Err(e) = read {
             tracing::error!(error = %e, "ship: cannot read the click log");
             std::thread::sleep(RETRY_PAUSE);
@@ -409,7 +473,11 @@ impl Shipper {
     fn housekeeping(&mut self, p: &ClickProducer, stopping: bool) {
         self.save_position();
         self.trim();
-        let backlog = segments::bytes_after(&self.log_dir, self.inflight.confirmed).unwrap_or(0);
+        let backlog = match segments::bytes_after(&self.log_dir, self.inflight.confirmed) {
+            Ok(b) => b,
+            // Keep the last verdict rather than clear the flag on a hiccup.
+            Err(_) => return,
+        };
         let over = backlog > self.cfg.kafka.max_backlog_bytes;
         if over != self.backlog_full.swap(over, Ordering::Relaxed) {
             if over {
@@ -456,6 +524,8 @@ impl Shipper {
         let Ok(seqs) = segments::list(&self.log_dir) else {
             return;
         };
+        let kept = seqs.iter().filter(|s| **s >= self.saved.segment).count();
+        telemetry::clicklog_segments(kept);
         // Only once the position is saved: a restart must never resume
         // inside a deleted segment it has not confirmed.
         for seq in seqs.into_iter().filter(|s| *s < self.saved.segment) {
@@ -467,6 +537,33 @@ impl Shipper {
             }
         }
     }
+}
+
+/// A saved position the log on disk cannot have reached (its tail was cut
+/// after a power loss, or the log was replaced) would skip new clicks:
+/// resume at the end of that segment, or at the oldest segment when the
+/// saved one is gone and nothing newer exists. Duplicates at worst.
+fn clamp_to_log(log_dir: &Path, at: Position) -> std::io::Result<Position> {
+    let seqs = segments::list(log_dir)?;
+    let Some(&last) = seqs.last() else {
+        return Ok(Position::default());
+    };
+    if at.segment > last {
+        return Ok(Position {
+            segment: seqs[0],
+            offset: 0,
+        });
+    }
+    if seqs.contains(&at.segment) {
+        let len = std::fs::metadata(segments::segment_path(log_dir, at.segment))?.len();
+        if at.offset > len {
+            return Ok(Position {
+                segment: at.segment,
+                offset: len,
+            });
+        }
+    }
+    Ok(at)
 }
 
 /// librdkafka's in-memory bound besides the record count (256 MiB).
@@ -547,6 +644,29 @@ mod tests {
         assert_eq!(f.confirmed, pos(10));
         f.delivered(d, true);
         assert_eq!(f.confirmed, pos(20));
+    }
+
+    #[test]
+    fn a_saved_position_past_the_log_is_pulled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segments::segment_path(dir.path(), 3), b"a\nb\n").unwrap();
+        std::fs::write(segments::segment_path(dir.path(), 4), b"c\n").unwrap();
+        let at = |segment, offset| Position { segment, offset };
+        // Inside the log: kept.
+        assert_eq!(clamp_to_log(dir.path(), at(3, 2)).unwrap(), at(3, 2));
+        // Past the end of its segment (tail cut): the segment's end.
+        assert_eq!(clamp_to_log(dir.path(), at(4, 99)).unwrap(), at(4, 2));
+        // A segment the log never reached (log replaced): the oldest.
+        assert_eq!(clamp_to_log(dir.path(), at(9, 5)).unwrap(), at(3, 0));
+        // An older, trimmed segment: the tail skips to what exists.
+        assert_eq!(clamp_to_log(dir.path(), at(1, 7)).unwrap(), at(1, 7));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(40), MAX_BACKOFF);
     }
 
     #[test]

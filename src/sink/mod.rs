@@ -41,6 +41,7 @@ use decode::Decoded;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const RETENTION_TIMEOUT: Duration = Duration::from_secs(120);
 const LAG_EVERY: Duration = Duration::from_secs(10);
 /// The lag probe gives up quickly: it runs on the consuming task.
 const LAG_CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -239,7 +240,19 @@ async fn assign_all(
             for e in committed.elements() {
                 let (low, _) = c.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
                 let start = match e.offset() {
-                    Offset::Offset(o) => Offset::Offset((o - RESUME_REWIND).max(low)),
+                    Offset::Offset(o) => {
+                        if o < low {
+                            // Kafka's retention dropped records this group
+                            // never loaded: they cannot be recovered here.
+                            tracing::error!(
+                                partition = e.partition(),
+                                committed = o,
+                                earliest = low,
+                                "sink: records expired from Kafka before they were loaded"
+                            );
+                        }
+                        Offset::Offset((o - RESUME_REWIND).max(low))
+                    }
                     _ => Offset::Beginning,
                 };
                 tpl.add_partition_offset(e.topic(), e.partition(), start)?;
@@ -328,7 +341,12 @@ async fn flush(
 ) -> bool {
     let mut backoff = Backoff::default();
     loop {
-        match insert_batch(ch, batch).await {
+        let inserted = tokio::select! {
+            r = insert_batch(ch, batch) => r,
+            // Nothing committed: the batch is loaded again at the next start.
+            _ = shutdown.cancelled() => return false,
+        };
+        match inserted {
             Ok(()) => break,
             Err(e) => {
                 telemetry::sink_insert_failed();
@@ -349,19 +367,21 @@ async fn flush(
     true
 }
 
+/// Clicks first: a retry after a failed dead-letter insert re-inserts only
+/// clicks, which de-duplicate; dead letters are counted plainly.
 async fn insert_batch(
     ch: &clickhouse::Client,
     batch: &Batch,
 ) -> Result<(), warehouse::WarehouseError> {
-    if !batch.dead.is_empty() {
-        let started = Instant::now();
-        warehouse::insert(ch, warehouse::DEAD_LETTERS_TABLE, &batch.dead).await?;
-        telemetry::sink_inserted("dead_letters", batch.dead.len(), started.elapsed());
-    }
     if !batch.clicks.is_empty() {
         let started = Instant::now();
         warehouse::insert(ch, warehouse::CLICKS_TABLE, &batch.clicks).await?;
         telemetry::sink_inserted("clicks", batch.clicks.len(), started.elapsed());
+    }
+    if !batch.dead.is_empty() {
+        let started = Instant::now();
+        warehouse::insert(ch, warehouse::DEAD_LETTERS_TABLE, &batch.dead).await?;
+        telemetry::sink_inserted("dead_letters", batch.dead.len(), started.elapsed());
     }
     Ok(())
 }
@@ -418,7 +438,11 @@ async fn retention_task(
 ) {
     let mut ticker = crate::time::Ticker::new(RETENTION_EVERY, shutdown);
     loop {
-        match warehouse::apply_retention(&ch, &database, days, crate::time::now_ms()).await {
+        let run = warehouse::apply_retention(&ch, &database, days, crate::time::now_ms());
+        match tokio::time::timeout(RETENTION_TIMEOUT, run)
+            .await
+            .unwrap_or(Err(warehouse::WarehouseError::Timeout(RETENTION_TIMEOUT)))
+        {
             Ok(dropped) => {
                 for p in dropped {
                     telemetry::sink_partition_dropped();
