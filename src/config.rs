@@ -818,6 +818,23 @@ mod tests {
     }
 
     #[test]
+    fn kafka_defaults_apply_and_librdkafka_bounds_name_their_key() {
+        let k = Config::from_toml("[kafka]\nbrokers = \"127.0.0.1:9092\"")
+            .unwrap()
+            .kafka
+            .unwrap();
+        assert_eq!((k.partitions, k.replication_factor), (6, 1));
+        assert_eq!(k.message_timeout, None, "no delivery deadline by default");
+        assert_eq!(k.group_id, "clickedge-sink");
+        let bad = |extra: &str| err_of(&format!("[kafka]\nbrokers = \"h:1\"\n{extra}"));
+        assert!(bad("linger_ms = 20\nmessage_timeout_ms = 10").contains("kafka.message_timeout_ms"));
+        assert!(bad("partitions = 0").contains("kafka.partitions"));
+        assert!(bad("queue_max_messages = 10").contains("kafka.queue_max_messages"));
+        assert!(err_of("[kafka]\nbrokers = \"nohost\"").contains("kafka.brokers"));
+        assert!(err_of("[sink]\nmetrics_listen = \"x\"").contains("sink.metrics_listen"));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         assert!(err_of("[edge]\nlisten = \"nope\"").contains("edge.listen"));
         assert!(

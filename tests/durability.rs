@@ -249,7 +249,7 @@ fn a_bad_config_value_stops_start_up_naming_the_key() {
 }
 
 #[test]
-fn full_mode_sections_are_refused_rather_than_silently_ignored() {
+fn half_of_full_mode_is_refused_rather_than_silently_ignored() {
     let dir = tempfile::tempdir().unwrap();
     for section in [
         "[kafka]\nbrokers = \"127.0.0.1:9\"\n",
@@ -263,7 +263,7 @@ fn full_mode_sections_are_refused_rather_than_silently_ignored() {
             .unwrap();
         assert!(!out.status.success(), "{section}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("full mode"), "{section}: {err}");
+        assert!(err.contains("full mode needs both"), "{section}: {err}");
     }
 }
 
