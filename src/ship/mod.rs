@@ -706,85 +706,114 @@ mod tests {
         /// delivered that was not written.
         #[test]
         fn no_written_line_is_lost(steps in prop::collection::vec(step(), 1..120)) {
-            let dir = tempfile::tempdir().unwrap();
-            let log = dir.path();
-            let mut seq = 1u64;
-            let mut written: Vec<String> = Vec::new();
-            let mut delivered: std::collections::HashSet<String> = Default::default();
-            let mut inflight = Inflight::new(Position::default());
-            let mut sent: Vec<(usize, String)> = Vec::new();
-            let mut tail = Tail::new(log, Position::default());
-            let mut trimmed_to = 0u64;
-            let mut ship = |tail: &mut Tail, inflight: &mut Inflight, sent: &mut Vec<(usize, String)>, n: usize| {
-                tail.read(n, |line, end| {
-                    let no = inflight.push(end);
-                    sent.push((no, String::from_utf8(line.to_vec()).unwrap()));
-                    true
-                })
-                .unwrap();
-            };
-            let mut report = |inflight: &mut Inflight, sent: &mut Vec<(usize, String)>, tail: &mut Tail, i: usize, ok: bool| {
-                if sent.is_empty() {
-                    return;
-                }
-                let (no, line) = sent.remove(i % sent.len());
-                if ok {
-                    delivered.insert(line);
-                }
-                inflight.delivered(no, ok);
-                // The shipper's rewind: once every report is in.
-                if inflight.failed && inflight.unresolved == 0 {
-                    inflight.reset();
-                    *tail = Tail::new(log, inflight.confirmed);
-                }
-            };
-            for s in steps {
-                match s {
-                    Step::Write(n) => {
-                        for _ in 0..n {
-                            let line = format!("click-{}", written.len());
-                            let path = segments::segment_path(log, seq);
-                            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
-                            std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
-                            written.push(line);
-                            if std::fs::metadata(&path).unwrap().len() > 64 {
-                                seq += 1;
-                            }
-                        }
-                    }
-                    Step::Send(n) => ship(&mut tail, &mut inflight, &mut sent, n as usize),
-                    Step::Report { index, ok } => report(&mut inflight, &mut sent, &mut tail, index as usize, ok),
-                    Step::Trim => {
-                        for old in segments::list(log).unwrap().into_iter().filter(|s| *s < inflight.confirmed.segment) {
-                            std::fs::remove_file(segments::segment_path(log, old)).unwrap();
-                            trimmed_to = trimmed_to.max(old);
-                        }
-                    }
-                    Step::Restart => {
-                        // In-flight records are gone with the process; the
-                        // saved (confirmed) position is what survives.
-                        let at = clamp_to_log(log, inflight.confirmed).unwrap();
-                        inflight = Inflight::new(at);
-                        sent.clear();
-                        tail = Tail::new(log, at);
-                    }
-                }
-            }
-            // Drain: the broker acknowledges everything from now on.
-            for _ in 0..10_000 {
-                ship(&mut tail, &mut inflight, &mut sent, 1000);
-                while !sent.is_empty() {
-                    report(&mut inflight, &mut sent, &mut tail, 0, true);
-                }
-                if tail.read(1, |_, _| false).unwrap() == 0 && inflight.len() == 0 && segments::bytes_after(log, inflight.confirmed).unwrap() == 0 {
-                    break;
-                }
-            }
-            let written_set: std::collections::HashSet<String> = written.iter().cloned().collect();
-            let lost: Vec<&String> = written.iter().filter(|l| !delivered.contains(*l)).collect();
-            prop_assert!(lost.is_empty(), "lost {:?} (trimmed up to segment {})", lost, trimmed_to);
-            prop_assert!(delivered.is_subset(&written_set));
+            check_no_loss(steps);
         }
+    }
+
+    fn check_no_loss(steps: Vec<Step>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path();
+        let mut seq = 1u64;
+        let mut written: Vec<String> = Vec::new();
+        let mut delivered: std::collections::HashSet<String> = Default::default();
+        let mut inflight = Inflight::new(Position::default());
+        let mut sent: Vec<(usize, String)> = Vec::new();
+        let mut tail = Tail::new(log, Position::default());
+        let mut trimmed_to = 0u64;
+        let ship = |tail: &mut Tail,
+                    inflight: &mut Inflight,
+                    sent: &mut Vec<(usize, String)>,
+                    n: usize| {
+            tail.read(n, |line, end| {
+                let no = inflight.push(end);
+                sent.push((no, String::from_utf8(line.to_vec()).unwrap()));
+                true
+            })
+            .unwrap();
+        };
+        let mut report = |inflight: &mut Inflight,
+                          sent: &mut Vec<(usize, String)>,
+                          tail: &mut Tail,
+                          i: usize,
+                          ok: bool| {
+            if sent.is_empty() {
+                return;
+            }
+            let (no, line) = sent.remove(i % sent.len());
+            if ok {
+                delivered.insert(line);
+            }
+            inflight.delivered(no, ok);
+            // The shipper's rewind: once every report is in.
+            if inflight.failed && inflight.unresolved == 0 {
+                inflight.reset();
+                *tail = Tail::new(log, inflight.confirmed);
+            }
+        };
+        for s in steps {
+            match s {
+                Step::Write(n) => {
+                    for _ in 0..n {
+                        let line = format!("click-{}", written.len());
+                        let path = segments::segment_path(log, seq);
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .unwrap();
+                        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
+                        written.push(line);
+                        if std::fs::metadata(&path).unwrap().len() > 64 {
+                            seq += 1;
+                        }
+                    }
+                }
+                Step::Send(n) => ship(&mut tail, &mut inflight, &mut sent, n as usize),
+                Step::Report { index, ok } => {
+                    report(&mut inflight, &mut sent, &mut tail, index as usize, ok)
+                }
+                Step::Trim => {
+                    for old in segments::list(log)
+                        .unwrap()
+                        .into_iter()
+                        .filter(|s| *s < inflight.confirmed.segment)
+                    {
+                        std::fs::remove_file(segments::segment_path(log, old)).unwrap();
+                        trimmed_to = trimmed_to.max(old);
+                    }
+                }
+                Step::Restart => {
+                    // In-flight records are gone with the process; the
+                    // saved (confirmed) position is what survives.
+                    let at = clamp_to_log(log, inflight.confirmed).unwrap();
+                    inflight = Inflight::new(at);
+                    sent.clear();
+                    tail = Tail::new(log, at);
+                }
+            }
+        }
+        // Drain: the broker acknowledges everything from now on.
+        for _ in 0..10_000 {
+            ship(&mut tail, &mut inflight, &mut sent, 1000);
+            while !sent.is_empty() {
+                report(&mut inflight, &mut sent, &mut tail, 0, true);
+            }
+            if tail.read(1, |_, _| false).unwrap() == 0
+                && inflight.len() == 0
+                && segments::bytes_after(log, inflight.confirmed).unwrap() == 0
+            {
+                break;
+            }
+        }
+        let written_set: std::collections::HashSet<String> = written.iter().cloned().collect();
+        let lost: Vec<&String> = written.iter().filter(|l| !delivered.contains(*l)).collect();
+        assert!(
+            lost.is_empty(),
+            "lost {:?} (trimmed up to segment {})",
+            lost,
+            trimmed_to
+        );
+        assert!(delivered.is_subset(&written_set));
     }
 
     #[test]
