@@ -21,6 +21,7 @@ use crate::admin::Admin;
 use crate::clicklog::{spawn_writer, WriterConfig};
 use crate::clicks::{ClickIds, SaltRatchet};
 use crate::config::Config;
+use crate::edge::ratelimit::RateLimiter;
 use crate::edge::{CookieTemplate, Edge};
 use crate::keys::{KeyError, MasterKey, MASTER_KEY_ENV};
 use crate::links::SharedLinkTable;
@@ -129,6 +130,11 @@ pub async fn serve(
     )
     .map_err(ServeError::ClickLog)?;
 
+    let limiter = Arc::new(RateLimiter::new(
+        &config.edge.rate_limit,
+        config.edge.trusted_proxies.clone(),
+        salts.clone(),
+    ));
     let edge = Arc::new(Edge {
         links: table.clone(),
         ids: ClickIds::new(&master),
@@ -138,6 +144,7 @@ pub async fn serve(
         cookie: CookieTemplate::new(&config.cookie, false),
         secure_cookie: CookieTemplate::new(&config.cookie, true),
         metrics: EdgeMetrics::register(),
+        limiter: limiter.clone(),
     });
     let admin = Arc::new(Admin {
         store: store.clone(),
@@ -218,6 +225,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(tick_salts(salts, shutdown.clone()));
+    tasks.spawn(limiter.run_sweeper(shutdown.clone()));
     tasks.close();
     tracing::info!(node = %config.edge.node_id, "clickedge serving (embedded mode)");
 

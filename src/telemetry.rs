@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::clicklog::Recorded;
@@ -29,6 +29,9 @@ pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
 pub const TLS_RELOADS: &str = "clickedge_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "clickedge_tls_handshake_failures_total";
+pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
+pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
+pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -104,6 +107,15 @@ fn describe_and_zero() {
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed or timed out."
     );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests answered 429 by the per-client rate limiter, by class."
+    );
+    describe_counter!(RATE_LIMIT_OVERFLOW, "Requests of untracked clients checked against the shared overflow bucket because the key table was at edge.rate_limit.max_keys, by class.");
+    describe_gauge!(
+        RATE_LIMIT_KEYS,
+        "Client buckets tracked by the rate limiter after the last sweep."
+    );
     for listener in ["edge", "admin"] {
         counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
         counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).absolute(0);
@@ -136,6 +148,7 @@ pub struct EdgeMetrics {
     pub bad_request: Counter,
     pub unavailable: Counter,
     pub reserved: Counter,
+    pub rate_limited: Counter,
     pub duration: Histogram,
 }
 
@@ -155,6 +168,7 @@ impl EdgeMetrics {
             bad_request: c("redirect", "400"),
             unavailable: c("redirect", "503"),
             reserved: c("reserved", "404"),
+            rate_limited: c("redirect", "429"),
             duration: histogram!(REDIRECT_DURATION),
         }
     }
@@ -165,6 +179,31 @@ impl EdgeMetrics {
             307 => &self.redirect[2],
             308 => &self.redirect[3],
             _ => &self.redirect[1],
+        }
+    }
+}
+
+/// Pre-registered handles for the rate limiter, indexed by class
+/// (redirect, not_found, postback).
+#[derive(Clone)]
+pub struct RateLimitMetrics {
+    pub limited: [Counter; 3],
+    pub overflow: [Counter; 3],
+    pub keys: Gauge,
+}
+
+impl RateLimitMetrics {
+    pub fn register() -> RateLimitMetrics {
+        let classes = ["redirect", "not_found", "postback"];
+        let zeroed = |name: &'static str, class: &'static str| {
+            let c = counter!(name, "class" => class);
+            c.absolute(0);
+            c
+        };
+        RateLimitMetrics {
+            limited: classes.map(|c| zeroed(RATE_LIMITED, c)),
+            overflow: classes.map(|c| zeroed(RATE_LIMIT_OVERFLOW, c)),
+            keys: gauge!(RATE_LIMIT_KEYS),
         }
     }
 }

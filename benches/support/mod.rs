@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::Utc;
 use clickedge::clicklog::{spawn_writer, WriterConfig, WriterHandle};
 use clickedge::clicks::{CachedClassifier, ClickIds, SaltRatchet};
-use clickedge::config::{CookieConfig, OverflowPolicy};
+use clickedge::config::{Config, CookieConfig, OverflowPolicy};
+use clickedge::edge::ratelimit::RateLimiter;
 use clickedge::edge::redirect::{decide, Decision};
 use clickedge::edge::{CookieTemplate, Edge};
 use clickedge::keys::MasterKey;
@@ -84,15 +85,22 @@ pub fn fixture(links: usize) -> Fixture {
         name: "ce_click".into(),
         max_age_secs: 604_800,
     };
+    let salts = Arc::new(salts);
+    let limiter = Arc::new(RateLimiter::new(
+        &Config::from_toml("").unwrap().edge.rate_limit,
+        vec![],
+        salts.clone(),
+    ));
     let edge = Edge {
         links: shared,
         ids: ClickIds::new(&master),
-        salts: Arc::new(salts),
+        salts,
         clicklog,
         trusted_proxies: vec![],
         cookie: CookieTemplate::new(&cookie_cfg, false),
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
+        limiter,
     };
     Fixture {
         edge,

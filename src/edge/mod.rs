@@ -5,6 +5,7 @@
 //! (one `ArcSwap` load) and the salt ratchet (another).
 
 pub mod client_ip;
+pub mod ratelimit;
 pub mod redirect;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Edge {
     /// The same cookie with `Secure`, for requests that came over TLS.
     pub secure_cookie: CookieTemplate,
     pub metrics: EdgeMetrics,
+    /// Per-client token buckets (redirects, not-found answers, postbacks).
+    pub limiter: Arc<ratelimit::RateLimiter>,
 }
 
 /// `Set-Cookie` pre-rendered around the click id.

@@ -18,6 +18,7 @@ use http::header::{
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use super::ratelimit::{too_many_requests, Class, Verdict};
 use super::{client_ip::client_ip, Edge};
 use crate::clicklog::Recorded;
 use crate::clicks::{bots, ClickEvent, ClientText, Signals, MAX_SUB_BYTES};
@@ -137,11 +138,30 @@ pub fn decide<B>(
 pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let m = &edge.metrics;
-    if req.uri().path().starts_with("/_") {
+    let now_ms = crate::time::now_ms();
+    let reserved = req.uri().path().starts_with("/_");
+    let decision = if reserved {
+        Decision::NotFound
+    } else {
+        decide(&edge, &req, peer.addr.ip(), peer.tls, now_ms)
+    };
+    // Only redirects are generous; every other answer helps a code scan.
+    let class = match decision {
+        Decision::Redirect { .. } => Class::Redirect,
+        _ => Class::NotFound,
+    };
+    let verdict = edge
+        .limiter
+        .check(class, peer.addr.ip(), req.headers(), now_ms);
+    if let Verdict::Limit { retry_after_secs } = verdict {
+        m.rate_limited.increment(1);
+        return too_many_requests(retry_after_secs);
+    }
+    if reserved {
         m.reserved.increment(1);
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
-    match decide(&edge, &req, peer.addr.ip(), peer.tls, crate::time::now_ms()) {
+    match decision {
         Decision::Redirect {
             status,
             location,
