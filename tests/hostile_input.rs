@@ -1335,3 +1335,56 @@ async fn admin_calls_with_a_wrong_token_are_401_json() {
     f.assert_healthy("admin raw").await;
     f.finish().await;
 }
+
+// ---- code enumeration -----------------------------------------------------------------
+
+/// The answer without its `Date` line, which is the only thing allowed to
+/// differ between two answers.
+fn without_date(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.bytes)
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A scanner learns nothing from a 404 beyond "not a live code": the answer
+/// for a code that never existed is byte-for-byte the one for a malformed
+/// code or a reserved path. Deleted, disabled and expired links answer the
+/// same 410 (the contract's status), so a 410 does not tell them apart.
+#[tokio::test]
+async fn every_404_is_the_same_answer_whatever_the_code() {
+    let f = Fixture::start().await;
+    let api = f.api();
+    for code in ["was-deleted", "is-disabled", "has-expired"] {
+        api.link(json!({"code": code, "destination": DESTINATION}))
+            .await;
+    }
+    let (status, _) = api.delete("/v1/links/was-deleted").await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .patch("/v1/links/is-disabled", json!({"disabled": true}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = api
+        .patch(
+            "/v1/links/has-expired",
+            json!({"expires_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let never = without_date(&exchange(f.server.edge, &get("/neverminted")));
+    assert!(never.starts_with("HTTP/1.1 404"), "{never}");
+    for target in ["/Zz9aQ3xT", "/bad_code", "/_reserved", "/%00", "/x/y"] {
+        let reply = without_date(&exchange(f.server.edge, &get(target)));
+        assert_eq!(reply, never, "{target}");
+    }
+    let gone = without_date(&exchange(f.server.edge, &get("/was-deleted")));
+    assert!(gone.starts_with("HTTP/1.1 410"), "{gone}");
+    for target in ["/is-disabled", "/has-expired"] {
+        let reply = without_date(&exchange(f.server.edge, &get(target)));
+        assert_eq!(reply, gone, "{target}");
+    }
+    f.finish().await;
+}
