@@ -68,6 +68,17 @@ pub struct EdgeConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_request_target_bytes: usize,
+    /// A connection with nothing in flight this long is closed.
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may reset before they are answered (rapid reset).
+    pub h2_max_reset_streams: usize,
+    /// Streams the server may reset for a client's errors (MadeYouReset).
+    pub h2_max_local_error_reset_streams: usize,
+    /// Requests in flight on the edge beyond this get 503 at once.
+    pub max_in_flight: usize,
     pub tls: Option<TlsConfig>,
     pub rate_limit: RateLimitConfig,
 }
@@ -102,6 +113,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// How often the files are checked for changes.
     pub reload_interval: Duration,
+    /// The plain listener answers 308 to the HTTPS one.
+    pub redirect_http: bool,
+    /// The HTTPS port clients see (default: the `listen` port).
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +254,12 @@ struct RawEdge {
     max_header_bytes: usize,
     max_headers: usize,
     shutdown_grace_ms: u64,
+    max_request_target_bytes: usize,
+    idle_timeout_ms: u64,
+    h2_max_concurrent_streams: u32,
+    h2_max_reset_streams: usize,
+    h2_max_local_error_reset_streams: usize,
+    max_in_flight: usize,
     #[serde(default)]
     tls: Option<RawTls>,
     rate_limit: RawRateLimit,
@@ -266,6 +287,8 @@ struct RawTls {
     cert: Option<String>,
     key: Option<String>,
     reload_interval_ms: Option<u64>,
+    redirect_http: Option<bool>,
+    https_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +546,24 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
         max_header_bytes: at_least("edge.max_header_bytes", raw.max_header_bytes, 8192)?,
         max_headers: at_least("edge.max_headers", raw.max_headers, 8)?,
         shutdown_grace: millis("edge.shutdown_grace_ms", raw.shutdown_grace_ms)?,
+        max_request_target_bytes: at_least(
+            "edge.max_request_target_bytes",
+            raw.max_request_target_bytes,
+            256,
+        )?,
+        idle_timeout: millis("edge.idle_timeout_ms", raw.idle_timeout_ms)?,
+        h2_max_concurrent_streams: at_least(
+            "edge.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            1,
+        )?,
+        h2_max_reset_streams: at_least("edge.h2_max_reset_streams", raw.h2_max_reset_streams, 1)?,
+        h2_max_local_error_reset_streams: at_least(
+            "edge.h2_max_local_error_reset_streams",
+            raw.h2_max_local_error_reset_streams,
+            1,
+        )?,
+        max_in_flight: at_least("edge.max_in_flight", raw.max_in_flight, 1)?,
         tls: raw.tls.map(validate_tls).transpose()?,
         rate_limit: validate_rate_limit(raw.rate_limit)?,
     })
@@ -598,6 +639,11 @@ fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
             "edge.tls.reload_interval_ms",
             raw.reload_interval_ms.unwrap_or(TLS_RELOAD_MS),
         )?,
+        redirect_http: raw.redirect_http.unwrap_or(false),
+        https_port: match raw.https_port {
+            Some(0) => return Err(invalid("edge.tls.https_port", "must be 1-65535")),
+            port => port,
+        },
     })
 }
 

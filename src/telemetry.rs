@@ -29,6 +29,8 @@ pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
 pub const TLS_RELOADS: &str = "clickedge_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "clickedge_tls_handshake_failures_total";
+pub const H2_RESET_LIMIT: &str = "clickedge_h2_reset_limit_total";
+pub const REQUESTS_SHED: &str = "clickedge_requests_shed_total";
 pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
 pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
 pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
@@ -107,6 +109,11 @@ fn describe_and_zero() {
         TLS_HANDSHAKE_FAILURES,
         "TLS handshakes that failed or timed out."
     );
+    describe_counter!(H2_RESET_LIMIT, "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for too many reset streams, by listener.");
+    describe_counter!(
+        REQUESTS_SHED,
+        "Edge requests answered 503 at once because edge.max_in_flight were in flight."
+    );
     describe_counter!(
         RATE_LIMITED,
         "Requests answered 429 by the per-client rate limiter, by class."
@@ -119,6 +126,7 @@ fn describe_and_zero() {
     for listener in ["edge", "admin"] {
         counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
         counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).absolute(0);
+        counter!(H2_RESET_LIMIT, "listener" => listener).absolute(0);
     }
     counter!(CLICKLOG_WRITE_ERRORS).absolute(0);
     counter!(CLICKLOG_EVENTS).absolute(0);
@@ -149,6 +157,9 @@ pub struct EdgeMetrics {
     pub unavailable: Counter,
     pub reserved: Counter,
     pub rate_limited: Counter,
+    pub uri_too_long: Counter,
+    pub shed: Counter,
+    pub https_redirect: Counter,
     pub duration: Histogram,
 }
 
@@ -169,6 +180,13 @@ impl EdgeMetrics {
             unavailable: c("redirect", "503"),
             reserved: c("reserved", "404"),
             rate_limited: c("redirect", "429"),
+            uri_too_long: c("redirect", "414"),
+            shed: {
+                let shed = counter!(REQUESTS_SHED);
+                shed.absolute(0);
+                shed
+            },
+            https_redirect: c("https_redirect", "308"),
             duration: histogram!(REDIRECT_DURATION),
         }
     }
@@ -223,6 +241,10 @@ pub fn connection_closed(listener: &'static str) {
 
 pub fn connection_rejected(listener: &'static str) {
     counter!(CONNECTIONS_REJECTED, "listener" => listener).increment(1);
+}
+
+pub fn h2_reset_limit(listener: &'static str) {
+    counter!(H2_RESET_LIMIT, "listener" => listener).increment(1);
 }
 
 /// A connection closed because no request arrived within the header timeout.

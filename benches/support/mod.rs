@@ -11,6 +11,7 @@ use clickedge::clicks::{CachedClassifier, ClickIds, SaltRatchet};
 use clickedge::config::{Config, CookieConfig, OverflowPolicy};
 use clickedge::edge::ratelimit::RateLimiter;
 use clickedge::edge::redirect::{decide, Decision};
+use clickedge::edge::shed::InFlightLimit;
 use clickedge::edge::{CookieTemplate, Edge};
 use clickedge::keys::MasterKey;
 use clickedge::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
@@ -105,6 +106,9 @@ pub fn fixture(links: usize) -> Fixture {
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
         limiter,
+        max_request_target_bytes: 8192,
+        in_flight: InFlightLimit::new(10_000),
+        https_redirect: None,
     };
     Fixture {
         edge,

@@ -52,6 +52,9 @@ pub enum Decision {
     Gone,
     MethodNotAllowed,
     BadRequest,
+    /// The request target is longer than `max_request_target_bytes`
+    /// (decided by [`handle`] before anything else).
+    UriTooLong,
 }
 
 /// Decides the answer to a request for `/{code}`. Pure apart from the
@@ -138,9 +141,29 @@ pub fn decide<B>(
 pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let m = &edge.metrics;
+    let Some(_slot) = edge.in_flight.try_begin() else {
+        m.shed.increment(1);
+        return busy();
+    };
     let now_ms = crate::time::now_ms();
+    if let (Some(https), false) = (&edge.https_redirect, peer.tls) {
+        // No lookup and no click on the plain hop; it is a redirect for
+        // the limiter all the same.
+        let verdict = edge
+            .limiter
+            .check(Class::Redirect, peer.addr.ip(), req.headers(), now_ms);
+        if let Verdict::Limit { retry_after_secs } = verdict {
+            m.rate_limited.increment(1);
+            return too_many_requests(retry_after_secs);
+        }
+        m.https_redirect.increment(1);
+        return https.answer(&req);
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let reserved = req.uri().path().starts_with("/_");
-    let decision = if reserved {
+    let decision = if target_len > edge.max_request_target_bytes {
+        Decision::UriTooLong
+    } else if reserved {
         Decision::NotFound
     } else {
         decide(&edge, &req, peer.addr.ip(), peer.tls, now_ms)
@@ -157,7 +180,7 @@ pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response
         m.rate_limited.increment(1);
         return too_many_requests(retry_after_secs);
     }
-    if reserved {
+    if reserved && !matches!(decision, Decision::UriTooLong) {
         m.reserved.increment(1);
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -170,9 +193,7 @@ pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response
         } => {
             if edge.clicklog.record(event).await == Recorded::Refused {
                 m.unavailable.increment(1);
-                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
-                resp.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
-                return resp;
+                return busy();
             }
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = status;
@@ -202,7 +223,18 @@ pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response
             m.bad_request.increment(1);
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
+        Decision::UriTooLong => {
+            m.uri_too_long.increment(1);
+            plain(StatusCode::URI_TOO_LONG, "request target too long\n")
+        }
     }
+}
+
+/// 503 + `Retry-After: 1`: the click log or the process is saturated.
+fn busy() -> Response<Body> {
+    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
+    resp.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
+    resp
 }
 
 /// A small text answer; every edge answer is `private, no-store`.
