@@ -136,6 +136,32 @@ mod tests {
         assert_eq!(location(443, "/x", Some("evil.example/path")), None);
     }
 
+    proptest::proptest! {
+        /// Same property as the `request_target` fuzz target: whatever
+        /// target and Host a client sends, the `Location` is an ASCII
+        /// https URL on the host it named, or there is none.
+        #[test]
+        fn any_target_and_host_give_an_https_location_or_none(
+            target in "/[ -~]{0,60}",
+            host in "[ -~]{0,30}",
+        ) {
+            let Ok(req) = Request::get(target.as_str()).header(HOST, host.as_str()).body(()) else {
+                return Ok(());
+            };
+            if let Some(loc) = HttpsRedirect::new(8443).location(&req) {
+                let loc = loc.to_str().unwrap();
+                let url = url::Url::parse(loc).unwrap();
+                proptest::prop_assert_eq!(url.scheme(), "https");
+                proptest::prop_assert_eq!(url.port(), Some(8443));
+                let authority: Authority = host.parse().unwrap();
+                proptest::prop_assert!(
+                    loc.starts_with(&format!("https://{}:8443/", authority.host())),
+                    "{}", loc
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_answer_is_a_308_or_a_400_and_never_cached() {
         let r = HttpsRedirect::new(443);

@@ -346,6 +346,28 @@ mod tests {
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
         }
 
+        /// Same property as the `template` fuzz target: whatever the
+        /// visitor sends, the redirect stays on the destination's host.
+        #[test]
+        fn a_visitor_never_moves_the_redirect_to_another_host(
+            host in "[a-z]{1,8}\\.(example|test)(:[0-9]{1,4})?",
+            path in "(/[ -~]{0,20}){0,2}",
+            q in "\\PC{0,60}",
+            sub in "\\PC{0,30}",
+            passthrough in any::<bool>(),
+        ) {
+            let Ok(dest) = crate::links::validate::normalize_destination(
+                &format!("https://{host}{path}")
+            ) else { return Ok(()) };
+            let vars = Vars { sub: &sub, ..VARS };
+            let loc = Template::compile(&dest, passthrough).render(&vars, Some(&q));
+            prop_assert!(http::HeaderValue::from_str(&loc).is_ok(), "{}", loc);
+            let want = url::Url::parse(&dest).unwrap();
+            let got = url::Url::parse(&loc).unwrap();
+            prop_assert_eq!(got.host_str(), want.host_str(), "{}", loc);
+            prop_assert_eq!(got.port(), want.port(), "{}", loc);
+        }
+
         #[test]
         fn compile_and_render_never_panic(dest in "\\PC{0,80}", q in "[ -~]{0,40}") {
             let t = Template::compile(&dest, true);
