@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use clickedge::clicks::{BotClassifier, CachedClassifier};
 use clickedge::edge::ratelimit::Class;
-use clickedge::edge::redirect::decide;
+use clickedge::edge::redirect::{decide, Decision};
 use clickedge::links::{Link, SharedLinkTable};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -60,10 +60,17 @@ fn redirect_decision(c: &mut Criterion) {
             black_box(fx.edge.limiter.check(Class::Redirect, ip, headers, now))
         })
     });
+    // As `handle` does it: the limiter reuses the event's IP hash.
     c.bench_function("redirect_decision_and_rate_limit", |b| {
         b.iter(|| {
             let d = decide(&fx.edge, &req, ip, false, now);
-            black_box(fx.edge.limiter.check(Class::Redirect, ip, headers, now));
+            let hashed = match &d {
+                Decision::Redirect { event, .. } => Some(event.ip_hash),
+                _ => None,
+            };
+            let started = std::time::Instant::now();
+            let limiter = &fx.edge.limiter;
+            black_box(limiter.check_client(Class::Redirect, ip, hashed, now, started));
             black_box(d)
         })
     });

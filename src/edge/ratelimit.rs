@@ -34,6 +34,7 @@
 //! limited early while the table is full of active attackers. Counted in
 //! `clickedge_rate_limit_overflow_total{class}`.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,7 +51,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client_ip::client_ip;
-use crate::clicks::SaltRatchet;
+use crate::clicks::{IpHash, SaltRatchet};
 use crate::config::{BucketConfig, RateLimitConfig};
 use crate::server::Body;
 use crate::telemetry::RateLimitMetrics;
@@ -159,13 +160,35 @@ pub fn limit_address(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Hashes a bucket key to itself. Keys are already keyed-blake3 output,
+/// uniformly random and unknown to clients (the salt is secret), so hashing
+/// them again (SipHash) would only cost time.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Per-client token buckets for every class, in bounded memory.
 pub struct RateLimiter {
     enabled: bool,
     classes: [Gcra; 3],
     overflow_rates: [Gcra; 3],
     overflow: [AtomicU64; 3],
-    buckets: DashMap<u64, AtomicU64>,
+    buckets: DashMap<u64, AtomicU64, BuildHasherDefault<KeyHasher>>,
     tracked: AtomicUsize,
     max_keys: usize,
     allow: Vec<IpNet>,
@@ -190,7 +213,7 @@ impl RateLimiter {
             classes: rates.map(|b| Gcra::from_config(b, 1)),
             overflow_rates: rates.map(|b| Gcra::from_config(b, OVERFLOW_SCALE)),
             overflow: Default::default(),
-            buckets: DashMap::new(),
+            buckets: DashMap::default(),
             tracked: AtomicUsize::new(0),
             max_keys: cfg.max_keys.get(),
             allow: cfg.allow.clone(),
@@ -207,17 +230,39 @@ impl RateLimiter {
     /// socket peer `peer` with these request `headers`. `now_ms` is the
     /// wall clock, for the salt epoch; the buckets use a monotonic clock.
     pub fn check(&self, class: Class, peer: IpAddr, headers: &HeaderMap, now_ms: i64) -> Verdict {
+        let client = client_ip(peer, headers, &self.trusted_proxies);
+        self.check_client(class, client, None, now_ms, Instant::now())
+    }
+
+    /// [`check`](Self::check) for a caller that has already resolved the
+    /// client (with [`client_ip`]) and perhaps hashed it under the salt of
+    /// `now_ms` (the redirect path: the click event's `ip_hash`), so the
+    /// hash is not computed twice. `now` is the request's arrival.
+    pub fn check_client(
+        &self,
+        class: Class,
+        client: IpAddr,
+        hashed: Option<IpHash>,
+        now_ms: i64,
+        now: Instant,
+    ) -> Verdict {
         if !self.enabled {
             return Verdict::Allow;
         }
-        let client = client_ip(peer, headers, &self.trusted_proxies);
         let exempt = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&client));
         // A trusted proxy that named no client is many clients: not limited.
         if exempt(&self.allow) || exempt(&self.trusted_proxies) {
             return Verdict::Allow;
         }
-        let hash = self.salts.hash(limit_address(client), now_ms as u64);
-        let verdict = self.check_key(class, hash.visitor_key(), self.now_ns());
+        let address = limit_address(client);
+        let key = match hashed {
+            // An IPv4 client (or an IPv6 one at the bottom of its /64) is
+            // its own limit address: the event's hash is the key's hash.
+            Some(hash) if address == client.to_canonical() => hash.visitor_key(),
+            _ => self.salts.hash(address, now_ms as u64).visitor_key(),
+        };
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let verdict = self.check_key(class, key, now_ns);
         if verdict != Verdict::Allow {
             self.metrics.limited[class as usize].increment(1);
         }
@@ -463,6 +508,25 @@ mod tests {
         }
         assert_ne!(l.check(Class::NotFound, b, &h, 0), Verdict::Allow);
         assert_eq!(l.check(Class::NotFound, c, &h, 0), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_reused_event_hash_hits_the_same_bucket_as_a_fresh_one() {
+        let (l, _dir) = limiter(1024);
+        let now = Instant::now();
+        let v4: IpAddr = "198.51.100.4".parse().unwrap();
+        let v6: IpAddr = "2001:db8:7::42".parse().unwrap();
+        for ip in [v4, v6] {
+            let event_hash = l.salts.hash(ip, 0);
+            for i in 0..3 {
+                let hashed = (i % 2 == 0).then_some(event_hash);
+                let v = l.check_client(Class::NotFound, ip, hashed, 0, now);
+                assert_eq!(v, Verdict::Allow, "{ip} request {i}");
+            }
+            // The event hash of an IPv6 address is not its /64's: ignored.
+            let v = l.check_client(Class::NotFound, ip, Some(event_hash), 0, now);
+            assert_ne!(v, Verdict::Allow, "{ip}");
+        }
     }
 
     #[test]

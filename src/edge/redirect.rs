@@ -169,13 +169,15 @@ pub async fn handle<B>(edge: Arc<Edge>, req: Request<B>, peer: Peer) -> Response
         decide(&edge, &req, peer.addr.ip(), peer.tls, now_ms)
     };
     // Only redirects are generous; every other answer helps a code scan.
-    let class = match decision {
-        Decision::Redirect { .. } => Class::Redirect,
-        _ => Class::NotFound,
+    // A redirect's event already hashed the client: the limiter reuses it.
+    let (class, hashed) = match &decision {
+        Decision::Redirect { event, .. } => (Class::Redirect, Some(event.ip_hash)),
+        _ => (Class::NotFound, None),
     };
+    let client = client_ip(peer.addr.ip(), req.headers(), &edge.trusted_proxies);
     let verdict = edge
         .limiter
-        .check(class, peer.addr.ip(), req.headers(), now_ms);
+        .check_client(class, client, hashed, now_ms, started);
     if let Verdict::Limit { retry_after_secs } = verdict {
         m.rate_limited.increment(1);
         return too_many_requests(retry_after_secs);
