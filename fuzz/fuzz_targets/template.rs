@@ -26,12 +26,15 @@ fuzz_target!(|input: (&str, bool, &str, &str)| {
     assert!(location.bytes().all(|b| b.is_ascii_graphic()), "{location:?}");
     assert!(http::HeaderValue::from_str(&location).is_ok(), "{location:?}");
     let want = url::Url::parse(&dest).unwrap();
-    let got = url::Url::parse(&location).expect("Location parses");
-    assert_eq!(got.scheme(), want.scheme(), "{location}");
-    // A macro in the host is the operator's choice; elsewhere the visitor
-    // cannot move the redirect to another host or port.
+    assert!(location.starts_with(want.scheme()), "{location}");
+    // A macro in the host is the operator's choice (and a `{sub}` there,
+    // percent-encoded, may make a host no browser resolves: found by this
+    // target, documented). Without one, the Location parses and the
+    // visitor cannot move the redirect to another host or port.
     let host = want.host_str().unwrap_or("").to_ascii_lowercase();
     if !host.contains('{') && !host.contains("%7b") {
+        let got = url::Url::parse(&location).expect("Location parses");
+        assert_eq!(got.scheme(), want.scheme(), "{location}");
         assert_eq!(got.host_str(), want.host_str(), "{location}");
         assert_eq!(got.port(), want.port(), "{location}");
     }

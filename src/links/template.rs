@@ -250,6 +250,25 @@ mod tests {
         );
     }
 
+    /// Found by the `template` fuzz target: a macro in the host is
+    /// substituted like anywhere else. That is the operator's choice (one
+    /// subdomain per code); `{sub}` there is percent-encoded, so a visitor
+    /// can only pick a label under the operator's domain, and anything but
+    /// unreserved characters makes a host browsers refuse.
+    #[test]
+    fn a_macro_in_the_host_is_the_operators_choice() {
+        let dest =
+            crate::links::validate::normalize_destination("https://{code}.example/").unwrap();
+        assert_eq!(render(&dest, false, None), "https://promo.example/");
+        let dest = crate::links::validate::normalize_destination("https://{sub}.example/").unwrap();
+        let vars = Vars {
+            sub: "evil.test/x?",
+            ..VARS
+        };
+        let loc = Template::compile(&dest, false).render(&vars, None);
+        assert_eq!(loc, "https://evil.test%2Fx%3F.example/");
+    }
+
     #[test]
     fn unknown_braces_are_left_alone() {
         assert_eq!(
