@@ -19,5 +19,9 @@ fuzz_target!(|input: &str| {
     assert!(matches!(url.scheme(), "http" | "https"));
     assert!(url.username().is_empty() && url.password().is_none());
     assert!(url.host_str().is_some_and(|h| !h.is_empty()));
-    assert_eq!(normalize_destination(&n), Ok(n.clone()), "not a fixed point");
+    assert_eq!(
+        normalize_destination(&n),
+        Ok(n.clone()),
+        "not a fixed point"
+    );
 });

@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let fx = fixture();
     match decide(&fx.edge, &req, ip, false, clickedge::time::now_ms()) {
         Decision::Redirect { location, .. } => {
-            let code = req.uri().path().strip_prefix('/').expect("a redirect has a path");
+            let code = req
+                .uri()
+                .path()
+                .strip_prefix('/')
+                .expect("a redirect has a path");
             assert!(is_valid_code(code), "redirected for {code:?}");
             let location = location.to_str().expect("Location is visible ASCII");
             let url = url::Url::parse(location).expect("Location is a URL");

@@ -23,8 +23,14 @@ fuzz_target!(|input: (&str, bool, &str, &str)| {
         return;
     };
     let location = Template::compile(&dest, passthrough).render(&vars, Some(query));
-    assert!(location.bytes().all(|b| b.is_ascii_graphic()), "{location:?}");
-    assert!(http::HeaderValue::from_str(&location).is_ok(), "{location:?}");
+    assert!(
+        location.bytes().all(|b| b.is_ascii_graphic()),
+        "{location:?}"
+    );
+    assert!(
+        http::HeaderValue::from_str(&location).is_ok(),
+        "{location:?}"
+    );
     let want = url::Url::parse(&dest).unwrap();
     assert!(location.starts_with(want.scheme()), "{location}");
     // A macro in the host is the operator's choice (and a `{sub}` there,
