@@ -11,6 +11,8 @@ limiter): slowloris (partial heads dripped a byte a second), header bombs
 and a wide scan rotating over 250 addresses, a new connection each),
 rapid connect/close and connect-and-say-nothing, junk bytes, and HTTP/2
 rapid reset. Prints what it sent and the answers it got, by kind.
+HOSTILE_SHAPES=slowloris,header_bomb,scan,rapid_connect,junk,h2_rapid_reset
+picks some of them (default: all).
 """
 import json
 import os
@@ -199,9 +201,17 @@ def h2_rapid_reset():
             count("h2_rapid_reset_closed")
 
 
-threads = [threading.Thread(target=slowloris, args=(200,))]
-threads += [threading.Thread(target=f) for f in
-            (header_bomb, scan_one_client, scan_wide, scan_wide, rapid_connect, junk, h2_rapid_reset)]
+shapes = {
+    "slowloris": [lambda: slowloris(200)],
+    "header_bomb": [header_bomb],
+    "scan": [scan_one_client, scan_wide, scan_wide],
+    "rapid_connect": [rapid_connect],
+    "junk": [junk],
+    "h2_rapid_reset": [h2_rapid_reset],
+}
+# HOSTILE_SHAPES=junk,scan picks some (default: all).
+chosen = os.environ.get("HOSTILE_SHAPES", ",".join(shapes)).split(",")
+threads = [threading.Thread(target=f) for name in chosen for f in shapes[name]]
 for t in threads:
     t.daemon = True
     t.start()
