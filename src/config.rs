@@ -816,6 +816,34 @@ mod tests {
     }
 
     #[test]
+    fn edge_limit_knobs_default_and_name_their_key() {
+        let e = Config::from_toml("").unwrap().edge;
+        assert_eq!(e.max_request_target_bytes, 8192);
+        assert_eq!(e.idle_timeout, Duration::from_secs(5));
+        assert_eq!(e.h2_max_concurrent_streams, 256);
+        assert_eq!(e.h2_max_reset_streams, 64);
+        assert_eq!(e.max_in_flight, 10_000);
+        let edge = |body: &str| err_of(&format!("[edge]\n{body}"));
+        for key in [
+            "max_request_target_bytes",
+            "idle_timeout_ms",
+            "h2_max_concurrent_streams",
+            "h2_max_reset_streams",
+            "h2_max_local_error_reset_streams",
+            "max_in_flight",
+        ] {
+            assert!(
+                edge(&format!("{key} = 0")).contains(&format!("edge.{key}")),
+                "{key}"
+            );
+        }
+        let tls = "[edge.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\n";
+        let t = Config::from_toml(tls).unwrap().edge.tls.unwrap();
+        assert!(!t.redirect_http, "off by default");
+        assert!(err_of(&format!("{tls}https_port = 0")).contains("edge.tls.https_port"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let e = err_of("[edge]\nlisten_port = 80");
         assert!(e.contains("listen_port"), "{e}");
