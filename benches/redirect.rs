@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use clickedge::clicks::{BotClassifier, CachedClassifier};
-use clickedge::edge::redirect::decide;
+use clickedge::edge::ratelimit::Class;
+use clickedge::edge::redirect::{decide, Decision};
 use clickedge::links::{Link, SharedLinkTable};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -42,6 +43,36 @@ fn redirect_decision(c: &mut Criterion) {
     });
     c.bench_function("redirect_decision_only", |b| {
         b.iter(|| black_box(decide(&fx.edge, &req, ip, false, now)))
+    });
+    // What `handle` adds per request since issue 6: one rate-limit check
+    // (client IP, salted hash, bucket lookup and CAS), on its own and with
+    // the decision. The fixture's limits never trip (the allowed path); the
+    // many-clients case cycles through 65536 tracked buckets.
+    let headers = req.headers();
+    c.bench_function("rate_limit_check_one_client", |b| {
+        b.iter(|| black_box(fx.edge.limiter.check(Class::Redirect, ip, headers, now)))
+    });
+    let mut n = 0u32;
+    c.bench_function("rate_limit_check_many_clients", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let ip = IpAddr::from((0x0a00_0000 | (n & 0xffff)).to_be_bytes());
+            black_box(fx.edge.limiter.check(Class::Redirect, ip, headers, now))
+        })
+    });
+    // As `handle` does it: the limiter reuses the event's IP hash.
+    c.bench_function("redirect_decision_and_rate_limit", |b| {
+        b.iter(|| {
+            let d = decide(&fx.edge, &req, ip, false, now);
+            let hashed = match &d {
+                Decision::Redirect { event, .. } => Some(event.ip_hash),
+                _ => None,
+            };
+            let started = std::time::Instant::now();
+            let limiter = &fx.edge.limiter;
+            black_box(limiter.check_client(Class::Redirect, ip, hashed, now, started));
+            black_box(d)
+        })
     });
 }
 

@@ -22,6 +22,9 @@ use crate::admin::Admin;
 use crate::clicklog::{spawn_writer, WriterConfig};
 use crate::clicks::{ClickIds, SaltRatchet};
 use crate::config::Config;
+use crate::edge::ratelimit::RateLimiter;
+use crate::edge::shed::InFlightLimit;
+use crate::edge::to_https::HttpsRedirect;
 use crate::edge::{CookieTemplate, Edge};
 use crate::keys::{KeyError, MasterKey, MASTER_KEY_ENV};
 use crate::links::SharedLinkTable;
@@ -166,6 +169,42 @@ pub async fn serve(
         _ => None,
     };
 
+    // Certificates are checked before anything listens: a bad pair stops
+    // start-up with the key named.
+    let tls = match &config.edge.tls {
+        Some(t) => {
+            let (certs, loaded) = crate::tls::CertStore::open(&t.cert, &t.key)?;
+            let certs = Arc::new(certs);
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
+            let listener = bind("edge.tls.listen", t.listen)?;
+            Some((t, certs, loaded, acceptor, listener))
+        }
+        None => None,
+    };
+    // The plain listener's optional 308 names the port actually bound.
+    let https_redirect = match &tls {
+        Some((t, _, _, _, listener)) if t.redirect_http => {
+            let port = match t.https_port {
+                Some(port) => port,
+                None => listener
+                    .local_addr()
+                    .map_err(|source| ServeError::Bind {
+                        key: "edge.tls.listen",
+                        addr: t.listen,
+                        source,
+                    })?
+                    .port(),
+            };
+            Some(HttpsRedirect::new(port))
+        }
+        _ => None,
+    };
+    let limiter = Arc::new(RateLimiter::new(
+        &config.edge.rate_limit,
+        config.edge.trusted_proxies.clone(),
+        salts.clone(),
+    ));
     let edge = Arc::new(Edge {
         links: table.clone(),
         ids: ClickIds::new(&master),
@@ -175,6 +214,10 @@ pub async fn serve(
         cookie: CookieTemplate::new(&config.cookie, false),
         secure_cookie: CookieTemplate::new(&config.cookie, true),
         metrics: EdgeMetrics::register(),
+        limiter: limiter.clone(),
+        max_request_target_bytes: config.edge.max_request_target_bytes,
+        in_flight: InFlightLimit::new(config.edge.max_in_flight),
+        https_redirect,
         postbacks: Some(postbacks.clone()),
     });
     let admin = Arc::new(Admin {
@@ -190,25 +233,16 @@ pub async fn serve(
         request_timeout: config.admin.request_timeout,
     });
 
-    // Certificates are checked before anything listens: a bad pair stops
-    // start-up with the key named.
-    let tls = match &config.edge.tls {
-        Some(t) => {
-            let (certs, loaded) = crate::tls::CertStore::open(&t.cert, &t.key)?;
-            let certs = Arc::new(certs);
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
-            let listener = bind("edge.tls.listen", t.listen)?;
-            Some((t, certs, loaded, acceptor, listener))
-        }
-        None => None,
-    };
     let edge_listener = bind("edge.listen", config.edge.listen)?;
     let admin_listener = bind("admin.listen", config.admin.listen)?;
     let edge_limits = HttpLimits {
         header_read_timeout: config.edge.header_read_timeout,
         max_header_bytes: config.edge.max_header_bytes,
         max_headers: config.edge.max_headers,
+        idle_timeout: config.edge.idle_timeout,
+        h2_max_concurrent_streams: config.edge.h2_max_concurrent_streams,
+        h2_max_reset_streams: config.edge.h2_max_reset_streams,
+        h2_max_local_error_reset_streams: config.edge.h2_max_local_error_reset_streams,
         // One limit for the plain and the TLS edge together.
         connection_slots: Arc::new(Semaphore::new(config.edge.max_connections.get())),
         shutdown_grace: config.edge.shutdown_grace,
@@ -263,6 +297,7 @@ pub async fn serve(
         config.links.reload_interval,
         shutdown.clone(),
     ));
+    tasks.spawn(limiter.run_sweeper(shutdown.clone()));
     tasks.close();
     tracing::info!(
         node = %config.edge.node_id,

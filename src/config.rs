@@ -69,7 +69,41 @@ pub struct EdgeConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub shutdown_grace: Duration,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_request_target_bytes: usize,
+    /// A connection with nothing in flight this long is closed.
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may reset before they are answered (rapid reset).
+    pub h2_max_reset_streams: usize,
+    /// Streams the server may reset for a client's errors (MadeYouReset).
+    pub h2_max_local_error_reset_streams: usize,
+    /// Requests in flight on the edge beyond this get 503 at once.
+    pub max_in_flight: usize,
     pub tls: Option<TlsConfig>,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[edge.rate_limit]`: per-client token buckets (see `edge::ratelimit`).
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub redirect: BucketConfig,
+    pub not_found: BucketConfig,
+    pub postback: BucketConfig,
+    /// Hard cap on tracked clients (all classes together).
+    pub max_keys: NonZeroUsize,
+    /// How often refilled buckets are dropped.
+    pub sweep_interval: Duration,
+    /// Clients in these networks are never limited.
+    pub allow: Vec<IpNet>,
+}
+
+/// One class of requests: `per_sec` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketConfig {
+    pub per_sec: f64,
+    pub burst: NonZeroU32,
 }
 
 /// `[edge.tls]`: an HTTPS listener beside the plain one.
@@ -80,6 +114,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// How often the files are checked for changes.
     pub reload_interval: Duration,
+    /// The plain listener answers 308 to the HTTPS one.
+    pub redirect_http: bool,
+    /// The HTTPS port clients see (default: the `listen` port).
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,8 +287,30 @@ struct RawEdge {
     max_header_bytes: usize,
     max_headers: usize,
     shutdown_grace_ms: u64,
+    max_request_target_bytes: usize,
+    idle_timeout_ms: u64,
+    h2_max_concurrent_streams: u32,
+    h2_max_reset_streams: usize,
+    h2_max_local_error_reset_streams: usize,
+    max_in_flight: usize,
     #[serde(default)]
     tls: Option<RawTls>,
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    enabled: bool,
+    redirect_per_sec: f64,
+    redirect_burst: u32,
+    not_found_per_sec: f64,
+    not_found_burst: u32,
+    postback_per_sec: f64,
+    postback_burst: u32,
+    max_keys: usize,
+    sweep_interval_ms: u64,
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +320,8 @@ struct RawTls {
     cert: Option<String>,
     key: Option<String>,
     reload_interval_ms: Option<u64>,
+    redirect_http: Option<bool>,
+    https_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -578,16 +640,7 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
             "must be an http(s) URL without a query",
         ));
     }
-    let trusted_proxies = raw
-        .trusted_proxies
-        .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc())
-                .map_err(|_| invalid("edge.trusted_proxies", format!("`{s}` is not a CIDR")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let trusted_proxies = parse_cidrs("edge.trusted_proxies", &raw.trusted_proxies)?;
     let node_id = if raw.node_id.is_empty() {
         host_name()
     } else {
@@ -611,7 +664,80 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
         max_header_bytes: at_least("edge.max_header_bytes", raw.max_header_bytes, 8192)?,
         max_headers: at_least("edge.max_headers", raw.max_headers, 8)?,
         shutdown_grace: millis("edge.shutdown_grace_ms", raw.shutdown_grace_ms)?,
+        max_request_target_bytes: at_least(
+            "edge.max_request_target_bytes",
+            raw.max_request_target_bytes,
+            256,
+        )?,
+        idle_timeout: millis("edge.idle_timeout_ms", raw.idle_timeout_ms)?,
+        h2_max_concurrent_streams: at_least(
+            "edge.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            1,
+        )?,
+        h2_max_reset_streams: at_least("edge.h2_max_reset_streams", raw.h2_max_reset_streams, 1)?,
+        h2_max_local_error_reset_streams: at_least(
+            "edge.h2_max_local_error_reset_streams",
+            raw.h2_max_local_error_reset_streams,
+            1,
+        )?,
+        max_in_flight: at_least("edge.max_in_flight", raw.max_in_flight, 1)?,
         tls: raw.tls.map(validate_tls).transpose()?,
+        rate_limit: validate_rate_limit(raw.rate_limit)?,
+    })
+}
+
+fn parse_cidrs(key: &'static str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("`{s}` is not a CIDR")))
+        })
+        .collect()
+}
+
+fn validate_rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    let bucket = |rate_key: &'static str, per_sec: f64, burst_key: &'static str, burst: u32| {
+        // Below one per hour a bucket never refills in practice; above 1e6
+        // per client the limiter is pointless: both are typos.
+        if !(per_sec.is_finite() && (1.0 / 3600.0..=1e6).contains(&per_sec)) {
+            return Err(invalid(
+                rate_key,
+                "must be between 0.0003 (1/h) and 1000000",
+            ));
+        }
+        let burst = NonZeroU32::new(burst)
+            .filter(|b| b.get() <= 10_000_000)
+            .ok_or_else(|| invalid(burst_key, "must be between 1 and 10000000"))?;
+        Ok(BucketConfig { per_sec, burst })
+    };
+    Ok(RateLimitConfig {
+        enabled: raw.enabled,
+        redirect: bucket(
+            "edge.rate_limit.redirect_per_sec",
+            raw.redirect_per_sec,
+            "edge.rate_limit.redirect_burst",
+            raw.redirect_burst,
+        )?,
+        not_found: bucket(
+            "edge.rate_limit.not_found_per_sec",
+            raw.not_found_per_sec,
+            "edge.rate_limit.not_found_burst",
+            raw.not_found_burst,
+        )?,
+        postback: bucket(
+            "edge.rate_limit.postback_per_sec",
+            raw.postback_per_sec,
+            "edge.rate_limit.postback_burst",
+            raw.postback_burst,
+        )?,
+        max_keys: NonZeroUsize::new(raw.max_keys)
+            .filter(|n| n.get() >= 1024)
+            .ok_or_else(|| invalid("edge.rate_limit.max_keys", "must be at least 1024"))?,
+        sweep_interval: millis("edge.rate_limit.sweep_interval_ms", raw.sweep_interval_ms)?,
+        allow: parse_cidrs("edge.rate_limit.allow", &raw.allow)?,
     })
 }
 
@@ -681,6 +807,11 @@ fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
             "edge.tls.reload_interval_ms",
             raw.reload_interval_ms.unwrap_or(TLS_RELOAD_MS),
         )?,
+        redirect_http: raw.redirect_http.unwrap_or(false),
+        https_port: match raw.https_port {
+            Some(0) => return Err(invalid("edge.tls.https_port", "must be 1-65535")),
+            port => port,
+        },
     })
 }
 
@@ -848,6 +979,57 @@ mod tests {
             err_of("[postback]\nrotation_grace = \"later\"").contains("postback.rotation_grace")
         );
         assert!(err_of("[postback]\nmax_body_bytes = 1").contains("postback.max_body_bytes"));
+    }
+
+    #[test]
+    fn rate_limits_default_on_and_bad_values_name_their_key() {
+        let c = Config::from_toml("").unwrap().edge.rate_limit;
+        assert!(c.enabled);
+        assert_eq!(c.not_found.per_sec, 0.5);
+        assert_eq!(c.redirect.burst.get(), 1000);
+        assert_eq!(c.max_keys.get(), 1_000_000);
+        assert!(c.allow.is_empty());
+        let rl = |body: &str| err_of(&format!("[edge.rate_limit]\n{body}"));
+        assert!(rl("redirect_per_sec = 0").contains("edge.rate_limit.redirect_per_sec"));
+        assert!(rl("not_found_per_sec = -1.5").contains("edge.rate_limit.not_found_per_sec"));
+        assert!(rl("postback_burst = 0").contains("edge.rate_limit.postback_burst"));
+        assert!(rl("max_keys = 10").contains("edge.rate_limit.max_keys"));
+        assert!(rl("allow = [\"nope\"]").contains("edge.rate_limit.allow"));
+        let ok =
+            Config::from_toml("[edge.rate_limit]\nnot_found_per_sec = 2\nallow = [\"10.0.0.1\"]")
+                .unwrap()
+                .edge
+                .rate_limit;
+        assert_eq!(ok.not_found.per_sec, 2.0);
+        assert_eq!(ok.allow, vec!["10.0.0.1/32".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn edge_limit_knobs_default_and_name_their_key() {
+        let e = Config::from_toml("").unwrap().edge;
+        assert_eq!(e.max_request_target_bytes, 8192);
+        assert_eq!(e.idle_timeout, Duration::from_secs(5));
+        assert_eq!(e.h2_max_concurrent_streams, 256);
+        assert_eq!(e.h2_max_reset_streams, 64);
+        assert_eq!(e.max_in_flight, 10_000);
+        let edge = |body: &str| err_of(&format!("[edge]\n{body}"));
+        for key in [
+            "max_request_target_bytes",
+            "idle_timeout_ms",
+            "h2_max_concurrent_streams",
+            "h2_max_reset_streams",
+            "h2_max_local_error_reset_streams",
+            "max_in_flight",
+        ] {
+            assert!(
+                edge(&format!("{key} = 0")).contains(&format!("edge.{key}")),
+                "{key}"
+            );
+        }
+        let tls = "[edge.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\n";
+        let t = Config::from_toml(tls).unwrap().edge.tls.unwrap();
+        assert!(!t.redirect_http, "off by default");
+        assert!(err_of(&format!("{tls}https_port = 0")).contains("edge.tls.https_port"));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! connection limit, hyper's limits in one place, and graceful shutdown.
 //!
 //! Every connection must start its first request (TLS handshake included)
-//! within the header timeout, and is closed once idle that long: h1 and h2
-//! alike. Shutdown order: stop accepting → ask every connection to finish
+//! within the header timeout, and is closed once idle for the idle timeout:
+//! h1 and h2 alike. Shutdown order: stop accepting → ask every connection to finish
 //! its in-flight requests → wait up to the grace period, then drop what is
 //! left → return, so the caller can flush the click log.
 
@@ -33,10 +33,6 @@ use crate::telemetry;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Pause after an accept error (e.g. out of file descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
-/// Concurrent h2 streams per connection.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-/// h2 streams a client may reset before its connection is closed.
-const H2_MAX_PENDING_ACCEPT_RESETS: usize = 64;
 /// h2 PING interval and answer deadline, so dead peers free their slot.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
@@ -48,6 +44,13 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Nothing in flight this long: the connection is closed.
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// h2 streams a client may reset before they are answered.
+    pub h2_max_reset_streams: usize,
+    /// h2 streams the server may reset for the client's errors.
+    pub h2_max_local_error_reset_streams: usize,
     /// Open-connection slots; listeners that share a limit share this.
     pub connection_slots: Arc<Semaphore>,
     pub shutdown_grace: Duration,
@@ -123,7 +126,8 @@ struct Conn {
     activity: Arc<Activity>,
     /// The first request must have started by then.
     deadline: tokio::time::Instant,
-    /// Idle this long (no request in flight) and the connection is closed.
+    /// Idle this long (no request in flight) and the connection is closed
+    /// (`idle_timeout_ms`, apart from the first-request deadline).
     idle: Duration,
     /// Shutdown began: finish in-flight requests, accept no new ones.
     drain: CancellationToken,
@@ -150,11 +154,18 @@ impl Conn {
         let mut conn = std::pin::pin!(conn);
         let mut draining = false;
         let mut closing_idle = false;
-        let mut check = tokio::time::interval_at(self.deadline, self.idle);
+        let first_request = tokio::time::sleep_until(self.deadline);
+        let mut first_request = std::pin::pin!(first_request);
+        let mut first_request_due = true;
+        let start = tokio::time::Instant::now() + self.idle;
+        let mut check = tokio::time::interval_at(start, self.idle);
         loop {
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
+                        if is_h2_reset_flood(&*e) {
+                            telemetry::h2_reset_limit(self.name);
+                        }
                         tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
                     }
                     return;
@@ -164,11 +175,18 @@ impl Conn {
                     draining = true;
                 }
                 _ = self.stop.cancelled() => return,
-                _ = check.tick() => {
+                _ = &mut first_request, if first_request_due => {
+                    first_request_due = false;
                     if !self.activity.started.load(Ordering::Relaxed) {
                         // hyper's version sniff has no deadline of its own.
                         telemetry::connection_timed_out(self.name);
                         return;
+                    }
+                }
+                _ = check.tick() => {
+                    if !self.activity.started.load(Ordering::Relaxed) {
+                        // Not started yet: the first-request deadline rules.
+                        continue;
                     }
                     let idle = self.activity.idle_for() >= self.idle;
                     if idle && closing_idle {
@@ -186,6 +204,21 @@ impl Conn {
             }
         }
     }
+}
+
+/// The connection was closed because the client reset too many h2 streams
+/// or made the server reset too many (h2 sends GOAWAY ENHANCE_YOUR_CALM).
+fn is_h2_reset_flood(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && h2.is_library()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Binds a listener with `SO_REUSEADDR` (fast restarts) and a deep backlog.
@@ -212,8 +245,9 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(H2_KEEP_ALIVE);
@@ -262,7 +296,7 @@ pub async fn serve<H, F>(
             tls: tls.is_some(),
         };
         // The first request (TLS handshake included) must start within the
-        // header timeout, and a connection idle that long is closed.
+        // header timeout; a connection idle for the idle timeout is closed.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let activity = Activity::new();
         let tracked = Arc::clone(&activity);
@@ -279,7 +313,7 @@ pub async fn serve<H, F>(
             builder: Arc::clone(&builder),
             activity,
             deadline,
-            idle: limits.header_read_timeout,
+            idle: limits.idle_timeout,
             drain: shutdown.clone(),
             stop: stop.clone(),
         };

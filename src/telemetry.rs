@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::clicklog::Recorded;
@@ -33,6 +33,11 @@ pub const POSTBACKS: &str = "clickedge_postbacks_total";
 pub const POSTBACKS_UNKNOWN_NETWORK: &str = "clickedge_postbacks_unknown_network_total";
 pub const POSTBACK_VERIFY: &str = "clickedge_postback_verify_duration_seconds";
 pub const POSTBACK_LEDGER_ERRORS: &str = "clickedge_postback_ledger_errors_total";
+pub const H2_RESET_LIMIT: &str = "clickedge_h2_reset_limit_total";
+pub const REQUESTS_SHED: &str = "clickedge_requests_shed_total";
+pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
+pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
+pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -128,9 +133,24 @@ fn describe_and_zero() {
         POSTBACK_LEDGER_ERRORS,
         "Postbacks answered 503 because the ledger could not be written."
     );
+    describe_counter!(H2_RESET_LIMIT, "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for too many reset streams, by listener.");
+    describe_counter!(
+        REQUESTS_SHED,
+        "Edge requests answered 503 at once because edge.max_in_flight were in flight."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests answered 429 by the per-client rate limiter, by class."
+    );
+    describe_counter!(RATE_LIMIT_OVERFLOW, "Requests of untracked clients checked against the shared overflow bucket because the key table was at edge.rate_limit.max_keys, by class.");
+    describe_gauge!(
+        RATE_LIMIT_KEYS,
+        "Client buckets tracked by the rate limiter after the last sweep."
+    );
     for listener in ["edge", "admin"] {
         counter!(CONNECTIONS_REJECTED, "listener" => listener).absolute(0);
         counter!(CONNECTIONS_TIMED_OUT, "listener" => listener).absolute(0);
+        counter!(H2_RESET_LIMIT, "listener" => listener).absolute(0);
     }
     counter!(CLICKLOG_WRITE_ERRORS).absolute(0);
     counter!(CLICKLOG_EVENTS).absolute(0);
@@ -161,6 +181,10 @@ pub struct EdgeMetrics {
     pub bad_request: Counter,
     pub unavailable: Counter,
     pub reserved: Counter,
+    pub rate_limited: Counter,
+    pub uri_too_long: Counter,
+    pub shed: Counter,
+    pub https_redirect: Counter,
     pub duration: Histogram,
 }
 
@@ -180,6 +204,14 @@ impl EdgeMetrics {
             bad_request: c("redirect", "400"),
             unavailable: c("redirect", "503"),
             reserved: c("reserved", "404"),
+            rate_limited: c("redirect", "429"),
+            uri_too_long: c("redirect", "414"),
+            shed: {
+                let shed = counter!(REQUESTS_SHED);
+                shed.absolute(0);
+                shed
+            },
+            https_redirect: c("https_redirect", "308"),
             duration: histogram!(REDIRECT_DURATION),
         }
     }
@@ -190,6 +222,31 @@ impl EdgeMetrics {
             307 => &self.redirect[2],
             308 => &self.redirect[3],
             _ => &self.redirect[1],
+        }
+    }
+}
+
+/// Pre-registered handles for the rate limiter, indexed by class
+/// (redirect, not_found, postback).
+#[derive(Clone)]
+pub struct RateLimitMetrics {
+    pub limited: [Counter; 3],
+    pub overflow: [Counter; 3],
+    pub keys: Gauge,
+}
+
+impl RateLimitMetrics {
+    pub fn register() -> RateLimitMetrics {
+        let classes = ["redirect", "not_found", "postback"];
+        let zeroed = |name: &'static str, class: &'static str| {
+            let c = counter!(name, "class" => class);
+            c.absolute(0);
+            c
+        };
+        RateLimitMetrics {
+            limited: classes.map(|c| zeroed(RATE_LIMITED, c)),
+            overflow: classes.map(|c| zeroed(RATE_LIMIT_OVERFLOW, c)),
+            keys: gauge!(RATE_LIMIT_KEYS),
         }
     }
 }
@@ -209,6 +266,10 @@ pub fn connection_closed(listener: &'static str) {
 
 pub fn connection_rejected(listener: &'static str) {
     counter!(CONNECTIONS_REJECTED, "listener" => listener).increment(1);
+}
+
+pub fn h2_reset_limit(listener: &'static str) {
+    counter!(H2_RESET_LIMIT, "listener" => listener).increment(1);
 }
 
 /// A connection closed because no request arrived within the header timeout.

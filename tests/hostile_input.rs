@@ -1335,3 +1335,187 @@ async fn admin_calls_with_a_wrong_token_are_401_json() {
     f.assert_healthy("admin raw").await;
     f.finish().await;
 }
+
+// ---- code enumeration -----------------------------------------------------------------
+
+/// The answer without its `Date` line, which is the only thing allowed to
+/// differ between two answers.
+fn without_date(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.bytes)
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A scanner learns nothing from a 404 beyond "not a live code": the answer
+/// for a code that never existed is byte-for-byte the one for a malformed
+/// code or a reserved path. Deleted, disabled and expired links answer the
+/// same 410 (the contract's status), so a 410 does not tell them apart.
+#[tokio::test]
+async fn every_404_is_the_same_answer_whatever_the_code() {
+    let f = Fixture::start().await;
+    let api = f.api();
+    for code in ["was-deleted", "is-disabled", "has-expired"] {
+        api.link(json!({"code": code, "destination": DESTINATION}))
+            .await;
+    }
+    let (status, _) = api.delete("/v1/links/was-deleted").await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .patch("/v1/links/is-disabled", json!({"disabled": true}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = api
+        .patch(
+            "/v1/links/has-expired",
+            json!({"expires_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let never = without_date(&exchange(f.server.edge, &get("/neverminted")));
+    assert!(never.starts_with("HTTP/1.1 404"), "{never}");
+    for target in ["/Zz9aQ3xT", "/bad_code", "/_reserved", "/%00", "/x/y"] {
+        let reply = without_date(&exchange(f.server.edge, &get(target)));
+        assert_eq!(reply, never, "{target}");
+    }
+    let gone = without_date(&exchange(f.server.edge, &get("/was-deleted")));
+    assert!(gone.starts_with("HTTP/1.1 410"), "{gone}");
+    for target in ["/is-disabled", "/has-expired"] {
+        let reply = without_date(&exchange(f.server.edge, &get(target)));
+        assert_eq!(reply, gone, "{target}");
+    }
+    f.finish().await;
+}
+
+// ---- more limits ------------------------------------------------------------------------
+
+/// The `(listener, route, status)` counter of the edge, from `/metrics`.
+async fn metric_value(f: &Fixture, name: &str, labels: &[&str]) -> Option<u64> {
+    let text = client()
+        .get(f.server.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_request_target_over_the_limit_is_414_and_counted() {
+    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__MAX_REQUEST_TARGET_BYTES", "1024")]).await;
+    let long = format!("/{CODE}?q={}", "a".repeat(1100));
+    let reply = exchange(f.server.edge, &get(&long));
+    assert_eq!(reply.status(), Some(414), "{reply:?}");
+    assert_eq!(reply.header("cache-control"), ["private, no-store"]);
+    let fits = format!("/{CODE}?q={}", "a".repeat(1000));
+    assert_eq!(exchange(f.server.edge, &get(&fits)).status(), Some(302));
+    let long_reserved = format!("/_x?q={}", "a".repeat(1100));
+    assert_eq!(
+        exchange(f.server.edge, &get(&long_reserved)).status(),
+        Some(414)
+    );
+    let counted = metric_value(
+        &f,
+        "clickedge_http_requests_total",
+        &["listener=\"edge\"", "status=\"414\""],
+    )
+    .await;
+    assert_eq!(counted, Some(2));
+    f.finish().await;
+}
+
+const H2_RST_STREAM: u8 = 0x3;
+const H2_CANCEL: u32 = 0x8;
+const H2_ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and
+/// cancels them at once is cut off with GOAWAY ENHANCE_YOUR_CALM once it
+/// has reset `edge.h2_max_reset_streams`, and the edge keeps serving.
+#[tokio::test]
+async fn http2_rapid_reset_is_cut_off_with_enhance_your_calm_and_counted() {
+    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__H2_MAX_RESET_STREAMS", "8")]).await;
+    let mut s = connect(f.server.edge);
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    for i in 0..500u32 {
+        let stream = 2 * i + 1;
+        out.extend(h2_frame(
+            H2_HEADERS,
+            H2_END_STREAM | H2_END_HEADERS,
+            stream,
+            &h2_get(&format!("/{CODE}")),
+        ));
+        out.extend(h2_frame(H2_RST_STREAM, 0, stream, &H2_CANCEL.to_be_bytes()));
+    }
+    let _ = s.write_all(&out);
+    // Read frames until GOAWAY (or the connection ends).
+    s.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
+    let mut goaway = None;
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            break;
+        }
+        if head[3] == H2_GOAWAY && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            break;
+        }
+    }
+    assert_eq!(goaway, Some(H2_ENHANCE_YOUR_CALM));
+    drop(s);
+    f.assert_healthy("h2 rapid reset").await;
+    let counted = metric_value(&f, "clickedge_h2_reset_limit_total", &["listener=\"edge\""]);
+    let counted = {
+        let mut n = counted.await;
+        // The connection task records its end a moment after the GOAWAY.
+        for _ in 0..100 {
+            if n == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n = metric_value(&f, "clickedge_h2_reset_limit_total", &["listener=\"edge\""]).await;
+        }
+        n
+    };
+    assert_eq!(counted, Some(1));
+    f.finish().await;
+}
+
+/// The idle timeout is its own knob: with a long head deadline and a short
+/// idle timeout, an idle h2 connection is closed after the latter.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_idle_timeout_ms_not_the_head_deadline() {
+    let f = Fixture::start_with(&[
+        ("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "600000"),
+        ("CLICKEDGE_EDGE__IDLE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let mut s = connect(f.server.edge);
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    out.extend(h2_frame(
+        H2_HEADERS,
+        H2_END_STREAM | H2_END_HEADERS,
+        1,
+        &h2_get(&format!("/{CODE}")),
+    ));
+    s.write_all(&out).unwrap();
+    assert_eq!(h2_read_statuses(&mut s, &[1]), [(1, Some(302))]);
+    let reply = read_reply(&mut s, DISCONNECT_BOUND);
+    assert!(
+        reply.closed(),
+        "an idle h2 connection stayed open: {reply:?}"
+    );
+    f.finish().await;
+}

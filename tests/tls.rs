@@ -355,3 +355,72 @@ fn bad_certificate_files_stop_start_up_naming_the_key() {
         assert!(err.contains(named), "{case}: {err}");
     }
 }
+
+/// `edge.tls.redirect_http`: the plain listener sends everyone to HTTPS
+/// with a 308 (method and body kept) and records no click; the click is
+/// recorded once, on the HTTPS request.
+#[tokio::test]
+async fn with_redirect_http_the_plain_listener_answers_308_to_https_and_records_no_click() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = self_signed();
+    write_pair(dir.path(), &pem);
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let server = Server::start_with(&[
+        ("CLICKEDGE_EDGE__TLS__LISTEN", "127.0.0.1:0"),
+        ("CLICKEDGE_EDGE__TLS__CERT", cert.to_str().unwrap()),
+        ("CLICKEDGE_EDGE__TLS__KEY", key.to_str().unwrap()),
+        ("CLICKEDGE_EDGE__TLS__REDIRECT_HTTP", "true"),
+    ]);
+    let tls_addr = server.edge_tls.unwrap();
+    let api = Api::new(&server, server.token("acme"));
+    api.link(json!({"code": "tls", "destination": "https://shop.example/p"}))
+        .await;
+
+    let raw = |request: String| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.edge).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        buf.to_lowercase()
+    };
+    let host = format!("localhost:{}", server.edge.port());
+    for method in ["GET", "HEAD", "POST"] {
+        let head = raw(format!(
+            "{method} /tls?sub=a%20b&x=1 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(head.starts_with("http/1.1 308"), "{method}: {head}");
+        let want = format!(
+            "location: https://localhost:{}/tls?sub=a%20b&x=1\r\n",
+            tls_addr.port()
+        );
+        assert!(head.contains(&want), "{method}: {head}");
+        assert!(head.contains("cache-control: private, no-store"), "{head}");
+        assert!(!head.contains("set-cookie"), "{head}");
+    }
+    // Unknown codes and reserved paths are sent over too: nothing is looked up.
+    let head = raw(format!(
+        "GET /_postback/net?token=t HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(head.contains("/_postback/net?token=t\r\n"), "{head}");
+    // No Host, no redirect.
+    let head = raw("GET /tls HTTP/1.0\r\n\r\n".to_owned());
+    assert!(head.starts_with("http/1.0 400"), "{head}");
+
+    // The HTTPS request that follows is the click.
+    let mut tls = handshake(tls_addr, &pem.der, b"http/1.1").await.unwrap();
+    let head = get_h1(&mut tls, "/tls?sub=a%20b&x=1").await;
+    assert!(head.starts_with("http/1.1 302"), "{head}");
+    assert!(head.contains("; secure"), "{head}");
+    // Events are written in order: once the HTTPS click is on disk, any
+    // click of the plain hops would be too.
+    let written = common::eventually(Duration::from_secs(10), || {
+        !server.click_log_lines().is_empty()
+    })
+    .await;
+    assert!(written);
+    assert_eq!(server.click_log_lines().len(), 1);
+    server.stop();
+}

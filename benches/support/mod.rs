@@ -8,8 +8,10 @@ use std::time::Duration;
 use chrono::Utc;
 use clickedge::clicklog::{spawn_writer, WriterConfig, WriterHandle};
 use clickedge::clicks::{CachedClassifier, ClickIds, SaltRatchet};
-use clickedge::config::{CookieConfig, OverflowPolicy};
+use clickedge::config::{Config, CookieConfig, OverflowPolicy};
+use clickedge::edge::ratelimit::RateLimiter;
 use clickedge::edge::redirect::{decide, Decision};
+use clickedge::edge::shed::InFlightLimit;
 use clickedge::edge::{CookieTemplate, Edge};
 use clickedge::keys::MasterKey;
 use clickedge::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
@@ -18,6 +20,9 @@ use clickedge::telemetry::EdgeMetrics;
 
 pub const BROWSER_UA: &str =
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+const HIGH_LIMITS: &str =
+    "[edge.rate_limit]\nredirect_per_sec = 1000000\nredirect_burst = 10000000";
 
 pub fn record(code: String, destination: &str) -> LinkRecord {
     let now = Utc::now();
@@ -86,16 +91,27 @@ pub fn fixture(links: usize) -> Fixture {
         name: "ce_click".into(),
         max_age_secs: 604_800,
     };
+    let salts = Arc::new(salts);
+    let limiter = Arc::new(RateLimiter::new(
+        // High limits: the benches measure the allowed path.
+        &Config::from_toml(HIGH_LIMITS).unwrap().edge.rate_limit,
+        vec![],
+        salts.clone(),
+    ));
     let edge = Edge {
         links: shared,
         ids: ClickIds::new(&master),
-        salts: Arc::new(salts),
+        salts,
         clicklog,
         trusted_proxies: vec![],
         cookie: CookieTemplate::new(&cookie_cfg, false),
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
         postbacks: None,
+        limiter,
+        max_request_target_bytes: 8192,
+        in_flight: InFlightLimit::new(10_000),
+        https_redirect: None,
     };
     Fixture {
         edge,

@@ -5,7 +5,10 @@
 //! (one `ArcSwap` load) and the salt ratchet (another).
 
 pub mod client_ip;
+pub mod ratelimit;
 pub mod redirect;
+pub mod shed;
+pub mod to_https;
 
 use std::sync::Arc;
 
@@ -30,6 +33,14 @@ pub struct Edge {
     pub metrics: EdgeMetrics,
     /// `/_postback/{network}`; `None` where postbacks are not served.
     pub postbacks: Option<Arc<crate::postback::Postbacks>>,
+    /// Per-client token buckets (redirects, not-found answers, postbacks).
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Longer request targets (path and query) get 414.
+    pub max_request_target_bytes: usize,
+    /// Requests in flight on the edge; beyond the cap, 503 at once.
+    pub in_flight: shed::InFlightLimit,
+    /// Set when the plain listener redirects everything to HTTPS.
+    pub https_redirect: Option<to_https::HttpsRedirect>,
 }
 
 /// `Set-Cookie` pre-rendered around the click id.

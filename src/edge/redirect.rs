@@ -18,6 +18,7 @@ use http::header::{
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use super::ratelimit::{too_many_requests, Class, Verdict};
 use super::{client_ip::client_ip, Edge};
 use crate::clicklog::Recorded;
 use crate::clicks::{bots, ClickEvent, ClientText, Signals, MAX_SUB_BYTES};
@@ -51,6 +52,9 @@ pub enum Decision {
     Gone,
     MethodNotAllowed,
     BadRequest,
+    /// The request target is longer than `max_request_target_bytes`
+    /// (decided by [`handle`] before anything else).
+    UriTooLong,
 }
 
 /// Decides the answer to a request for `/{code}`. Pure apart from the
@@ -141,17 +145,69 @@ where
 {
     let started = Instant::now();
     let m = &edge.metrics;
-    if req.uri().path().starts_with("/_") {
+    let Some(_slot) = edge.in_flight.try_begin() else {
+        m.shed.increment(1);
+        return busy();
+    };
+    let now_ms = crate::time::now_ms();
+    if let (Some(https), false) = (&edge.https_redirect, peer.tls) {
+        // No lookup and no click on the plain hop; it is a redirect for
+        // the limiter all the same.
+        let verdict = edge
+            .limiter
+            .check(Class::Redirect, peer.addr.ip(), req.headers(), now_ms);
+        if let Verdict::Limit { retry_after_secs } = verdict {
+            m.rate_limited.increment(1);
+            return too_many_requests(retry_after_secs);
+        }
+        m.https_redirect.increment(1);
+        return https.answer(&req);
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let reserved = req.uri().path().starts_with("/_");
+    // Postbacks: their own (generous) limiter class, then the endpoint,
+    // which authenticates before it reads anything else.
+    if reserved && target_len <= edge.max_request_target_bytes {
         if let Some(pb) = &edge.postbacks {
             if crate::postback::endpoint::is_postback_path(req.uri().path()) {
+                let verdict =
+                    edge.limiter
+                        .check(Class::Postback, peer.addr.ip(), req.headers(), now_ms);
+                if let Verdict::Limit { retry_after_secs } = verdict {
+                    m.rate_limited.increment(1);
+                    return too_many_requests(retry_after_secs);
+                }
                 return crate::postback::endpoint::handle(pb, &edge.trusted_proxies, req, peer)
                     .await;
             }
         }
+    }
+    let decision = if target_len > edge.max_request_target_bytes {
+        Decision::UriTooLong
+    } else if reserved {
+        Decision::NotFound
+    } else {
+        decide(&edge, &req, peer.addr.ip(), peer.tls, now_ms)
+    };
+    // Only redirects are generous; every other answer helps a code scan.
+    // A redirect's event already hashed the client: the limiter reuses it.
+    let (class, hashed) = match &decision {
+        Decision::Redirect { event, .. } => (Class::Redirect, Some(event.ip_hash)),
+        _ => (Class::NotFound, None),
+    };
+    let client = client_ip(peer.addr.ip(), req.headers(), &edge.trusted_proxies);
+    let verdict = edge
+        .limiter
+        .check_client(class, client, hashed, now_ms, started);
+    if let Verdict::Limit { retry_after_secs } = verdict {
+        m.rate_limited.increment(1);
+        return too_many_requests(retry_after_secs);
+    }
+    if reserved && !matches!(decision, Decision::UriTooLong) {
         m.reserved.increment(1);
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
-    match decide(&edge, &req, peer.addr.ip(), peer.tls, crate::time::now_ms()) {
+    match decision {
         Decision::Redirect {
             status,
             location,
@@ -160,9 +216,7 @@ where
         } => {
             if edge.clicklog.record(event).await == Recorded::Refused {
                 m.unavailable.increment(1);
-                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
-                resp.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
-                return resp;
+                return busy();
             }
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = status;
@@ -192,7 +246,18 @@ where
             m.bad_request.increment(1);
             plain(StatusCode::BAD_REQUEST, "bad request\n")
         }
+        Decision::UriTooLong => {
+            m.uri_too_long.increment(1);
+            plain(StatusCode::URI_TOO_LONG, "request target too long\n")
+        }
     }
+}
+
+/// 503 + `Retry-After: 1`: the click log or the process is saturated.
+fn busy() -> Response<Body> {
+    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
+    resp.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
+    resp
 }
 
 /// A small text answer; every edge answer is `private, no-store`.

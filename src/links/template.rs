@@ -250,6 +250,25 @@ mod tests {
         );
     }
 
+    /// Found by the `template` fuzz target: a macro in the host is
+    /// substituted like anywhere else. That is the operator's choice (one
+    /// subdomain per code); `{sub}` there is percent-encoded, so a visitor
+    /// can only pick a label under the operator's domain, and anything but
+    /// unreserved characters makes a host browsers refuse.
+    #[test]
+    fn a_macro_in_the_host_is_the_operators_choice() {
+        let dest =
+            crate::links::validate::normalize_destination("https://{code}.example/").unwrap();
+        assert_eq!(render(&dest, false, None), "https://promo.example/");
+        let dest = crate::links::validate::normalize_destination("https://{sub}.example/").unwrap();
+        let vars = Vars {
+            sub: "evil.test/x?",
+            ..VARS
+        };
+        let loc = Template::compile(&dest, false).render(&vars, None);
+        assert_eq!(loc, "https://evil.test%2Fx%3F.example/");
+    }
+
     #[test]
     fn unknown_braces_are_left_alone() {
         assert_eq!(
@@ -344,6 +363,28 @@ mod tests {
             let loc = t.render(&VARS, Some(&q));
             prop_assert!(loc.bytes().all(|b| b.is_ascii_graphic()), "{}", loc);
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
+        }
+
+        /// Same property as the `template` fuzz target: whatever the
+        /// visitor sends, the redirect stays on the destination's host.
+        #[test]
+        fn a_visitor_never_moves_the_redirect_to_another_host(
+            host in "[a-z]{1,8}\\.(example|test)(:[0-9]{1,4})?",
+            path in "(/[ -~]{0,20}){0,2}",
+            q in "\\PC{0,60}",
+            sub in "\\PC{0,30}",
+            passthrough in any::<bool>(),
+        ) {
+            let Ok(dest) = crate::links::validate::normalize_destination(
+                &format!("https://{host}{path}")
+            ) else { return Ok(()) };
+            let vars = Vars { sub: &sub, ..VARS };
+            let loc = Template::compile(&dest, passthrough).render(&vars, Some(&q));
+            prop_assert!(http::HeaderValue::from_str(&loc).is_ok(), "{}", loc);
+            let want = url::Url::parse(&dest).unwrap();
+            let got = url::Url::parse(&loc).unwrap();
+            prop_assert_eq!(got.host_str(), want.host_str(), "{}", loc);
+            prop_assert_eq!(got.port(), want.port(), "{}", loc);
         }
 
         #[test]

@@ -148,6 +148,30 @@ mod tests {
             }
         }
 
+        /// Same property as the `destination` fuzz target, on URL-shaped
+        /// input with the parts that go wrong: user-info, ports, IPv6 and
+        /// IDNA hosts, dot segments, percent-escapes, odd schemes.
+        #[test]
+        fn accepted_destinations_are_safe_fixed_points(
+            scheme in "(https?|HTTP|ftp|javascript)",
+            userinfo in "([a-z]{1,4}(:[a-z]{0,3})?@)?",
+            host in "([a-z0-9-]{1,8}(\\.[a-zü]{1,5}){0,2}|\\[::1\\]|[0-9]{1,3}(\\.[0-9]{1,3}){3})",
+            port in "(:[0-9]{0,6})?",
+            path in "(/(\\.|\\.\\.|%[0-9a-fA-F]{0,2}|[ -~]{0,6})){0,4}",
+            rest in "(\\?[ -~]{0,12})?(#[ -~]{0,6})?",
+        ) {
+            let input = format!("{scheme}://{userinfo}{host}{port}{path}{rest}");
+            if let Ok(n) = normalize_destination(&input) {
+                let url = Url::parse(&n).unwrap();
+                prop_assert!(matches!(url.scheme(), "http" | "https"), "{}", n);
+                prop_assert!(url.username().is_empty() && url.password().is_none());
+                prop_assert!(url.host_str().is_some_and(|h| !h.is_empty()));
+                prop_assert!(n.len() <= MAX_DESTINATION_BYTES);
+                prop_assert!(n.bytes().all(|b| b.is_ascii_graphic()), "{}", n);
+                prop_assert_eq!(normalize_destination(&n), Ok(n.clone()));
+            }
+        }
+
         #[test]
         fn arbitrary_input_never_panics(s in "\\PC{0,200}") {
             let _ = normalize_destination(&s);

@@ -16,6 +16,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const BROWSER_UA: &str =
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15";
 
+/// Rate limits no test reaches by accident.
+pub const HIGH_RATE_LIMITS: [(&str, &str); 4] = [
+    ("CLICKEDGE_EDGE__RATE_LIMIT__REDIRECT_PER_SEC", "1000000"),
+    ("CLICKEDGE_EDGE__RATE_LIMIT__REDIRECT_BURST", "10000000"),
+    ("CLICKEDGE_EDGE__RATE_LIMIT__NOT_FOUND_PER_SEC", "1000000"),
+    ("CLICKEDGE_EDGE__RATE_LIMIT__NOT_FOUND_BURST", "10000000"),
+];
+
 pub struct Server {
     child: Option<Child>,
     pub edge: SocketAddr,
@@ -38,6 +46,11 @@ pub fn command(data_dir: &Path, env: &[(String, String)]) -> Command {
         .env("CLICKEDGE_LOG__FORMAT", "json")
         .env("CLICKEDGE_EDGE__NODE_ID", "test-node")
         .env("RUST_BACKTRACE", "1");
+    // Every test talks from 127.0.0.1: limits high enough never to trip,
+    // but the limiter still runs. tests/rate_limit.rs sets its own.
+    for (key, value) in HIGH_RATE_LIMITS {
+        cmd.env(key, value);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
