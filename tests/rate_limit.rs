@@ -235,3 +235,43 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket_and_ipv
         );
     }
 }
+
+#[tokio::test]
+async fn postbacks_have_their_own_bucket_apart_from_scans_and_redirects() {
+    const POSTBACK_BURST: usize = 3;
+    let server = start(&[
+        ("CLICKEDGE_EDGE__RATE_LIMIT__POSTBACK_PER_SEC", SLOW),
+        ("CLICKEDGE_EDGE__RATE_LIMIT__POSTBACK_BURST", "3"),
+    ])
+    .await;
+    let out = server.cli(&["network", "add", "net"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wait until `serve` knows the network (a wrong token is then 401
+    // rather than 404), asking from a new address each time so the waiting
+    // spends no bucket of the clients under test.
+    let mut pollers = (10..=250).map(|n| IpAddr::from([127, 0, 0, n]));
+    let known = common::eventually(Duration::from_secs(10), || {
+        let from = pollers.next().expect("enough loopback addresses");
+        get_from(server.edge, from, "/_postback/net?token=wrong", "").status == 401
+    })
+    .await;
+    assert!(known);
+    let target = "/_postback/net?token=wrong";
+    assert_eq!(
+        answered_before_429(server.edge, ONE, target, 401, 20),
+        POSTBACK_BURST
+    );
+    // The same client's scan and redirect buckets are untouched.
+    assert_eq!(get_from(server.edge, ip(ONE), "/nope", "").status, 404);
+    assert_eq!(
+        get_from(server.edge, ip(ONE), &format!("/{CODE}"), "").status,
+        302
+    );
+    assert!(metrics(&server)
+        .await
+        .contains("clickedge_rate_limited_total{class=\"postback\"} 1"));
+}
