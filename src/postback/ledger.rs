@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,7 +36,7 @@ use super::params::Fields;
 use super::{ClickLookup, LedgerSink, Outcome, Status};
 use crate::clicks::id::Verdict;
 use crate::clicks::{ClickIds, Rfc3339Millis};
-use crate::store::record_log::{self, Frame};
+use crate::store::record_log;
 
 pub const FILE_NAME: &str = "postbacks.ledger";
 pub const RECORD_VERSION: u8 = 1;
@@ -222,42 +222,30 @@ impl FileSink {
             path: path.clone(),
             source,
         };
-        let mut file = crate::fsutil::open_private_append(&path).map_err(io)?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf).map_err(io)?;
-        let (frames, complete) = record_log::decode(&buf, 1);
-        let mut kept = 0usize;
-        let mut torn = complete < buf.len();
-        for (i, frame) in frames.into_iter().enumerate() {
-            match frame {
-                Frame::Whole(json) => {
-                    let rec: LedgerRecord =
-                        serde_json::from_str(json).map_err(|e| LedgerError::BadRecord {
-                            path: path.clone(),
-                            line: i + 1,
-                            message: e.to_string(),
-                        })?;
-                    state.apply(&rec);
-                    kept += json.len() + 10;
-                }
-                Frame::TornTail => torn = true,
-                Frame::Corrupt { line } => {
-                    return Err(LedgerError::Corrupt {
-                        path: path.clone(),
+        let file = crate::fsutil::open_private_append(&path).map_err(io)?;
+        let read = record_log::read_from(&path, 0, 1, |rec: LedgerRecord| state.apply(&rec))
+            .map_err(|e| {
+                let path = path.clone();
+                match e {
+                    record_log::ReadError::Io(source) => LedgerError::Io { path, source },
+                    record_log::ReadError::Corrupt { line } => LedgerError::Corrupt { path, line },
+                    record_log::ReadError::BadRecord { line, message } => LedgerError::BadRecord {
+                        path,
                         line,
-                    })
+                        message,
+                    },
                 }
-            }
-        }
+            })?;
+        let (kept, torn) = (read.consumed, read.torn);
         if torn {
             tracing::warn!(path = %path.display(), "ledger: cutting off a torn record at the tail");
-            file.set_len(kept as u64).map_err(io)?;
+            file.set_len(kept).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         Ok(FileSink {
             path,
             file,
-            len: kept as u64,
+            len: kept,
             unsynced: false,
         })
     }

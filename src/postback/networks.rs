@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::sealed::{Field, Sealer};
 use super::{Outcome, Status};
-use crate::store::record_log::{self, Frame};
+use crate::store::record_log;
 use crate::telemetry::PostbackCounters;
 
 const FILE_NAME: &str = "networks.log";
@@ -364,46 +364,36 @@ impl StoreInner {
         if len <= self.offset {
             return Ok(false);
         }
-        let mut buf = Vec::new();
-        let mut reader = File::open(path).map_err(io_err(path))?;
-        reader
-            .seek(SeekFrom::Start(self.offset))
-            .map_err(io_err(path))?;
-        reader.read_to_end(&mut buf).map_err(io_err(path))?;
-        let (frames, complete) = record_log::decode(&buf, self.lines + 1);
-        let mut torn = complete < buf.len();
-        let mut consumed = 0usize;
         let mut changed = false;
-        for frame in frames {
-            match frame {
-                Frame::Whole(json) => {
-                    let rec: NetworkRecord =
-                        serde_json::from_str(json).map_err(|e| NetworkError::BadRecord {
-                            path: path.to_owned(),
-                            line: self.lines + 1,
-                            message: e.to_string(),
-                        })?;
-                    consumed += json.len() + 10;
-                    self.lines += 1;
-                    self.records.insert(rec.name.clone(), rec);
-                    changed = true;
-                }
-                Frame::TornTail => torn = true,
-                Frame::Corrupt { line } => {
-                    return Err(NetworkError::Corrupt {
-                        path: path.to_owned(),
-                        line,
-                    })
-                }
-            }
-        }
-        self.offset += consumed as u64;
+        let records = &mut self.records;
+        let read =
+            record_log::read_from(path, self.offset, self.lines + 1, |rec: NetworkRecord| {
+                records.insert(rec.name.clone(), rec);
+                changed = true;
+            })
+            .map_err(|e| read_error(path, e))?;
+        self.lines += read.records;
+        let (consumed, torn) = (read.consumed, read.torn);
+        self.offset += consumed;
         if torn && exclusive {
             tracing::warn!(path = %path.display(), "networks: cutting off a torn record at the tail");
             self.file.set_len(self.offset).map_err(io_err(path))?;
             self.file.sync_all().map_err(io_err(path))?;
         }
         Ok(changed)
+    }
+}
+
+fn read_error(path: &Path, e: record_log::ReadError) -> NetworkError {
+    let path = path.to_owned();
+    match e {
+        record_log::ReadError::Io(source) => NetworkError::Io { path, source },
+        record_log::ReadError::Corrupt { line } => NetworkError::Corrupt { path, line },
+        record_log::ReadError::BadRecord { line, message } => NetworkError::BadRecord {
+            path,
+            line,
+            message,
+        },
     }
 }
 

@@ -16,7 +16,7 @@ pub(crate) mod record_log;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
 use crate::tokens::TokenRecord;
-use record_log::Frame;
 
 const STORE_FILE: &str = "store.log";
 /// Compact at start-up once superseded records outnumber live ones by this.
@@ -357,41 +356,16 @@ impl Inner {
         if on_disk.len() == self.offset {
             return Ok(Vec::new());
         }
-        let mut buf = Vec::new();
-        let mut reader = File::open(path).map_err(io_err(path))?;
-        reader
-            .seek(SeekFrom::Start(self.offset))
-            .map_err(io_err(path))?;
-        reader.read_to_end(&mut buf).map_err(io_err(path))?;
-        let (frames, complete) = record_log::decode(&buf, self.lines + 1);
         let mut changed = Vec::new();
-        let mut consumed = 0usize;
-        let mut torn = complete < buf.len();
-        for frame in &frames {
-            match frame {
-                Frame::Whole(json) => {
-                    let rec: Record =
-                        serde_json::from_str(json).map_err(|e| StoreError::BadRecord {
-                            path: path.to_owned(),
-                            line: self.lines + 1,
-                            message: e.to_string(),
-                        })?;
-                    consumed += json.len() + 10;
-                    self.lines += 1;
-                    if let Some(link) = self.apply(rec) {
-                        changed.push(link);
-                    }
-                }
-                Frame::TornTail => torn = true,
-                Frame::Corrupt { line } => {
-                    return Err(StoreError::Corrupt {
-                        path: path.to_owned(),
-                        line: *line,
-                    })
-                }
+        let read = record_log::read_from(path, self.offset, self.lines + 1, |rec: Record| {
+            if let Some(link) = self.apply(rec) {
+                changed.push(link);
             }
-        }
-        self.offset += consumed as u64;
+        })
+        .map_err(|e| read_error(path, e))?;
+        self.lines += read.records;
+        let (consumed, torn) = (read.consumed, read.torn);
+        self.offset += consumed;
         if torn && exclusive {
             tracing::warn!(
                 path = %path.display(),
@@ -456,6 +430,19 @@ impl Inner {
 
 fn open_append(path: &Path) -> Result<File, StoreError> {
     crate::fsutil::open_private_append(path).map_err(io_err(path))
+}
+
+fn read_error(path: &Path, e: record_log::ReadError) -> StoreError {
+    let path = path.to_owned();
+    match e {
+        record_log::ReadError::Io(source) => StoreError::Io { path, source },
+        record_log::ReadError::Corrupt { line } => StoreError::Corrupt { path, line },
+        record_log::ReadError::BadRecord { line, message } => StoreError::BadRecord {
+            path,
+            line,
+            message,
+        },
+    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {

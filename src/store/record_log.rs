@@ -41,6 +41,70 @@ pub fn decode(buf: &[u8], first_line: usize) -> (Vec<Frame<'_>>, usize) {
     (frames, complete)
 }
 
+/// Why a framed file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("line {line} is corrupt (not a torn tail)")]
+    Corrupt { line: usize },
+    #[error("line {line}: {message}")]
+    BadRecord { line: usize, message: String },
+}
+
+/// What [`read_from`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    /// Bytes of whole records read, from the offset.
+    pub consumed: u64,
+    /// Whole records read.
+    pub records: usize,
+    /// The file ends in a torn record; only the writer (holding the
+    /// file's lock) may cut it off.
+    pub torn: bool,
+}
+
+/// Decodes every whole record of `path` after byte `offset` as `T`, in
+/// order, handing each to `f`. `first_line` is the number of the first
+/// line read, for error messages.
+pub fn read_from<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    offset: u64,
+    first_line: usize,
+    mut f: impl FnMut(T),
+) -> Result<Read, ReadError> {
+    use std::io::{Read as _, Seek, SeekFrom};
+    let mut buf = Vec::new();
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_to_end(&mut buf)?;
+    let (frames, complete) = decode(&buf, first_line);
+    let mut read = Read {
+        consumed: 0,
+        records: 0,
+        torn: complete < buf.len(),
+    };
+    for frame in frames {
+        match frame {
+            Frame::Whole(json) => {
+                let rec = serde_json::from_str(json).map_err(|e| ReadError::BadRecord {
+                    line: first_line + read.records,
+                    message: e.to_string(),
+                })?;
+                read.consumed += (json.len() + FRAME_OVERHEAD) as u64;
+                read.records += 1;
+                f(rec);
+            }
+            Frame::TornTail => read.torn = true,
+            Frame::Corrupt { line } => return Err(ReadError::Corrupt { line }),
+        }
+    }
+    Ok(read)
+}
+
+/// Bytes a frame adds to its JSON: 8 hex digits, a space, a newline.
+const FRAME_OVERHEAD: usize = 10;
+
 fn verify(line: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(line).ok()?;
     let (crc_hex, json) = text.split_once(' ')?;
@@ -78,5 +142,27 @@ mod tests {
         let mut bad_mid = b"00000000 {}\n".to_vec();
         bad_mid.extend_from_slice(&buf);
         assert_eq!(decode(&bad_mid, 1).0[0], Frame::Corrupt { line: 1 });
+    }
+
+    #[test]
+    fn read_from_decodes_after_an_offset_and_reports_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut buf = Vec::new();
+        encode("1", &mut buf);
+        let first = buf.len() as u64;
+        encode("2", &mut buf);
+        encode("3", &mut buf);
+        buf.extend_from_slice(b"0000");
+        std::fs::write(&path, &buf).unwrap();
+        let mut got = Vec::new();
+        let read = read_from(&path, first, 2, |n: u32| got.push(n)).unwrap();
+        assert_eq!(got, [2, 3]);
+        assert_eq!(read.records, 2);
+        assert_eq!(read.consumed, buf.len() as u64 - first - 4);
+        assert!(read.torn);
+        // A record that is not the expected type names its line.
+        let err = read_from(&path, 0, 1, |_: String| {}).unwrap_err();
+        assert!(matches!(err, ReadError::BadRecord { line: 1, .. }), "{err}");
     }
 }
