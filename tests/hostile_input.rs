@@ -1010,12 +1010,10 @@ fn h2_read_statuses(s: &mut TcpStream, streams: &[u32]) -> Vec<(u32, Option<u16>
     got
 }
 
-/// hyper closes idle h1 keep-alive connections itself; an h2 client that
-/// got its answer and then sits idle must not keep its slot either.
-#[tokio::test]
-async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
-    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "500")]).await;
-    let mut s = connect(f.server.edge);
+/// An h2 connection (prior knowledge) that has been answered one redirect
+/// and is left open.
+fn h2_one_redirect(edge: SocketAddr) -> TcpStream {
+    let mut s = connect(edge);
     let mut out = H2_PREFACE.to_vec();
     out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
     out.extend(h2_frame(
@@ -1026,6 +1024,15 @@ async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
     ));
     s.write_all(&out).unwrap();
     assert_eq!(h2_read_statuses(&mut s, &[1]), [(1, Some(302))]);
+    s
+}
+
+/// hyper closes idle h1 keep-alive connections itself; an h2 client that
+/// got its answer and then sits idle must not keep its slot either.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
+    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "500")]).await;
+    let mut s = h2_one_redirect(f.server.edge);
     let started = Instant::now();
     let reply = read_reply(&mut s, DISCONNECT_BOUND);
     assert!(
@@ -1393,14 +1400,7 @@ async fn every_404_is_the_same_answer_whatever_the_code() {
 
 /// The `(listener, route, status)` counter of the edge, from `/metrics`.
 async fn metric_value(f: &Fixture, name: &str, labels: &[&str]) -> Option<u64> {
-    let text = client()
-        .get(f.server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = f.server.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
@@ -1501,17 +1501,7 @@ async fn an_idle_connection_is_closed_after_idle_timeout_ms_not_the_head_deadlin
         ("CLICKEDGE_EDGE__IDLE_TIMEOUT_MS", "300"),
     ])
     .await;
-    let mut s = connect(f.server.edge);
-    let mut out = H2_PREFACE.to_vec();
-    out.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
-    out.extend(h2_frame(
-        H2_HEADERS,
-        H2_END_STREAM | H2_END_HEADERS,
-        1,
-        &h2_get(&format!("/{CODE}")),
-    ));
-    s.write_all(&out).unwrap();
-    assert_eq!(h2_read_statuses(&mut s, &[1]), [(1, Some(302))]);
+    let mut s = h2_one_redirect(f.server.edge);
     let reply = read_reply(&mut s, DISCONNECT_BOUND);
     assert!(
         reply.closed(),

@@ -883,15 +883,7 @@ async fn networks_can_be_listed_updated_and_removed_and_secrets_never_leak() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--status"));
 
-    let metrics = api
-        .http
-        .get(server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(
         metrics.contains("clickedge_postbacks_total{network=\"leak\",outcome=\"accepted\"} 2"),
         "{metrics}"

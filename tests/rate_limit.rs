@@ -113,14 +113,7 @@ fn answered_before_429(
 }
 
 async fn metrics(server: &Server) -> String {
-    common::client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    server.metrics_text().await
 }
 
 #[tokio::test]
