@@ -49,13 +49,12 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("ledger {path}: line {line} is corrupt (not a torn tail); refusing to guess")]
-    Corrupt { path: PathBuf, line: usize },
-    #[error("ledger {path}: line {line}: {message}")]
-    BadRecord {
+    /// The file could not be read back: I/O, a corrupt line (not a torn
+    /// tail), or a record that does not decode.
+    #[error("ledger {path}: {source}")]
+    Read {
         path: PathBuf,
-        line: usize,
-        message: String,
+        source: record_log::ReadError,
     },
 }
 
@@ -224,17 +223,9 @@ impl FileSink {
         };
         let file = crate::fsutil::open_private_append(&path).map_err(io)?;
         let read = record_log::read_from(&path, 0, 1, |rec: LedgerRecord| state.apply(&rec))
-            .map_err(|e| {
-                let path = path.clone();
-                match e {
-                    record_log::ReadError::Io(source) => LedgerError::Io { path, source },
-                    record_log::ReadError::Corrupt { line } => LedgerError::Corrupt { path, line },
-                    record_log::ReadError::BadRecord { line, message } => LedgerError::BadRecord {
-                        path,
-                        line,
-                        message,
-                    },
-                }
+            .map_err(|source| LedgerError::Read {
+                path: path.clone(),
+                source,
             })?;
         let (kept, torn) = (read.consumed, read.torn);
         if torn {

@@ -43,13 +43,12 @@ pub enum NetworkError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("networks {path}: line {line} is corrupt (not a torn tail); refusing to guess")]
-    Corrupt { path: PathBuf, line: usize },
-    #[error("networks {path}: line {line}: {message}")]
-    BadRecord {
+    /// The file could not be read back: I/O, a corrupt line (not a torn
+    /// tail), or a record that does not decode.
+    #[error("networks {path}: {source}")]
+    Read {
         path: PathBuf,
-        line: usize,
-        message: String,
+        source: record_log::ReadError,
     },
     #[error("network `{0}` already exists")]
     Exists(String),
@@ -371,7 +370,10 @@ impl StoreInner {
                 records.insert(rec.name.clone(), rec);
                 changed = true;
             })
-            .map_err(|e| read_error(path, e))?;
+            .map_err(|source| NetworkError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         self.lines += read.records;
         let (consumed, torn) = (read.consumed, read.torn);
         self.offset += consumed;
@@ -381,19 +383,6 @@ impl StoreInner {
             self.file.sync_all().map_err(io_err(path))?;
         }
         Ok(changed)
-    }
-}
-
-fn read_error(path: &Path, e: record_log::ReadError) -> NetworkError {
-    let path = path.to_owned();
-    match e {
-        record_log::ReadError::Io(source) => NetworkError::Io { path, source },
-        record_log::ReadError::Corrupt { line } => NetworkError::Corrupt { path, line },
-        record_log::ReadError::BadRecord { line, message } => NetworkError::BadRecord {
-            path,
-            line,
-            message,
-        },
     }
 }
 

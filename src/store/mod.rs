@@ -38,13 +38,12 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("store {path}: line {line} is corrupt (not a torn tail); refusing to guess")]
-    Corrupt { path: PathBuf, line: usize },
-    #[error("store {path}: line {line}: {message}")]
-    BadRecord {
+    /// The file could not be read back: I/O, a corrupt line (not a torn
+    /// tail), or a record that does not decode.
+    #[error("store {path}: {source}")]
+    Read {
         path: PathBuf,
-        line: usize,
-        message: String,
+        source: record_log::ReadError,
     },
     #[error("code `{0}` is taken")]
     CodeTaken(String),
@@ -362,7 +361,10 @@ impl Inner {
                 changed.push(link);
             }
         })
-        .map_err(|e| read_error(path, e))?;
+        .map_err(|source| StoreError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         self.lines += read.records;
         let (consumed, torn) = (read.consumed, read.torn);
         self.offset += consumed;
@@ -430,19 +432,6 @@ impl Inner {
 
 fn open_append(path: &Path) -> Result<File, StoreError> {
     crate::fsutil::open_private_append(path).map_err(io_err(path))
-}
-
-fn read_error(path: &Path, e: record_log::ReadError) -> StoreError {
-    let path = path.to_owned();
-    match e {
-        record_log::ReadError::Io(source) => StoreError::Io { path, source },
-        record_log::ReadError::Corrupt { line } => StoreError::Corrupt { path, line },
-        record_log::ReadError::BadRecord { line, message } => StoreError::BadRecord {
-            path,
-            line,
-            message,
-        },
-    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -538,7 +527,16 @@ mod tests {
         let err = Store::open(dir.path(), 8, Arc::default(), true)
             .err()
             .unwrap();
-        assert!(matches!(err, StoreError::Corrupt { line: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Read {
+                    source: record_log::ReadError::Corrupt { line: 1 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

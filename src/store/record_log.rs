@@ -46,7 +46,7 @@ pub fn decode(buf: &[u8], first_line: usize) -> (Vec<Frame<'_>>, usize) {
 pub enum ReadError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("line {line} is corrupt (not a torn tail)")]
+    #[error("line {line} is corrupt (not a torn tail); refusing to guess")]
     Corrupt { line: usize },
     #[error("line {line}: {message}")]
     BadRecord { line: usize, message: String },
