@@ -145,11 +145,12 @@ pub async fn serve(
     )
     .map_err(ServeError::ClickLog)?;
 
-    // Full mode: the shipper follows the click log into Kafka.
-    let shipper = match &full {
-        Some((kafka, _)) => {
+    // Full mode: the shipper follows the click log into Kafka, and the
+    // admin API reads stats from ClickHouse.
+    let (shipper, warehouse) = match &full {
+        Some((kafka, ch)) => {
             crate::telemetry::pipeline_zero(false);
-            Some(crate::ship::spawn(
+            let shipper = crate::ship::spawn(
                 crate::ship::ShipperConfig {
                     kafka: kafka.clone(),
                     data_dir: data_dir.clone(),
@@ -157,16 +158,14 @@ pub async fn serve(
                     shutdown_grace: config.edge.shutdown_grace,
                 },
                 clicklog.backlog_flag(),
-            )?)
+            )?;
+            let warehouse = crate::admin::Warehouse {
+                client: crate::warehouse::client(ch),
+                ship: shipper.status.clone(),
+            };
+            (Some(shipper), Some(warehouse))
         }
-        None => None,
-    };
-    let warehouse = match (&full, &shipper) {
-        (Some((_, ch)), Some(s)) => Some(crate::admin::Warehouse {
-            client: crate::warehouse::client(ch),
-            ship: s.status.clone(),
-        }),
-        _ => None,
+        None => (None, None),
     };
 
     // Certificates are checked before anything listens: a bad pair stops
