@@ -201,12 +201,31 @@ pub struct KafkaConfig {
     pub group_id: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
     pub user: String,
     pub password: String,
+}
+
+/// `check-config` prints the effective config: never the password.
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -946,6 +965,17 @@ mod tests {
         assert_eq!(c.retention.days.get(), 90);
         assert!(c.kafka.is_none());
         assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn the_clickhouse_password_is_never_printed() {
+        let c = Config::from_toml(
+            "[kafka]\nbrokers = \"h:1\"\n[clickhouse]\nurl = \"http://h:8123\"\ndatabase = \"d\"\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]
