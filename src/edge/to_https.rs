@@ -54,7 +54,9 @@ impl HttpsRedirect {
             }
         };
         let host = authority.host();
-        if host.is_empty() || authority.as_str().contains('@') {
+        // `Authority` lets through hosts no URL can carry (`[]`, labels
+        // IDNA refuses): only a host a URL parser accepts is echoed back.
+        if host.is_empty() || authority.as_str().contains('@') || url::Host::parse(host).is_err() {
             return None;
         }
         // Origin-form targets only; `*` and authority-form go to `/`.
@@ -134,6 +136,8 @@ mod tests {
         assert_eq!(location(443, "/x", Some("a b")), None);
         assert_eq!(location(443, "/x", Some("user@evil.example")), None);
         assert_eq!(location(443, "/x", Some("evil.example/path")), None);
+        // Found by the property below: an empty IPv6 literal.
+        assert_eq!(location(443, "/x", Some("[]")), None);
     }
 
     proptest::proptest! {
