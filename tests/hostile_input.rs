@@ -1028,10 +1028,17 @@ fn h2_one_redirect(edge: SocketAddr) -> TcpStream {
 }
 
 /// hyper closes idle h1 keep-alive connections itself; an h2 client that
-/// got its answer and then sits idle must not keep its slot either.
+/// got its answer and then sits idle must not keep its slot either. (The
+/// idle check runs every `idle_timeout_ms` and drops a connection that
+/// ignored its GOAWAY at the next one: with the 5 s default that is ~10 s,
+/// the test's whole bound, so the test sets both deadlines short.)
 #[tokio::test]
-async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
-    let f = Fixture::start_with(&[("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "500")]).await;
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let f = Fixture::start_with(&[
+        ("CLICKEDGE_EDGE__HEADER_READ_TIMEOUT_MS", "500"),
+        ("CLICKEDGE_EDGE__IDLE_TIMEOUT_MS", "500"),
+    ])
+    .await;
     let mut s = h2_one_redirect(f.server.edge);
     let started = Instant::now();
     let reply = read_reply(&mut s, DISCONNECT_BOUND);
