@@ -147,23 +147,22 @@ pub async fn serve(
 
     // Full mode: the shipper follows the click log into Kafka, and the
     // admin API reads stats from ClickHouse.
-    let (shipper, warehouse) = match &full {
+    let (shippers, warehouse) = match &full {
         Some((kafka, ch)) => {
             crate::telemetry::pipeline_zero(false);
-            let shipper = crate::ship::spawn(
-                crate::ship::ShipperConfig {
-                    kafka: kafka.clone(),
-                    data_dir: data_dir.clone(),
-                    client_id: format!("clickedge-serve-{}", config.edge.node_id),
-                    shutdown_grace: config.edge.shutdown_grace,
-                },
-                clicklog.backlog_flag(),
-            )?;
+            let ship_config = || crate::ship::ShipperConfig {
+                kafka: kafka.clone(),
+                data_dir: data_dir.clone(),
+                client_id: format!("clickedge-serve-{}", config.edge.node_id),
+                shutdown_grace: config.edge.shutdown_grace,
+            };
+            let clicks = crate::ship::spawn(ship_config(), clicklog.backlog_flag())?;
+            let ledger = crate::ship::ledger::spawn(ship_config())?;
             let warehouse = crate::admin::Warehouse {
                 client: crate::warehouse::client(ch),
-                ship: shipper.status.clone(),
+                ship: clicks.status.clone(),
             };
-            (Some(shipper), Some(warehouse))
+            (Some((clicks, ledger)), Some(warehouse))
         }
         None => (None, None),
     };
@@ -314,10 +313,17 @@ pub async fn serve(
     if let Err(e) = postbacks.ledger.sync() {
         tracing::error!(error = %e, "ledger: final sync failed");
     }
-    if let Some(shipper) = shipper {
-        // The log is flushed (or as flushed as it gets): ship its end while
-        // the grace period lasts, and save the confirmed position.
-        let _ = tokio::task::spawn_blocking(move || shipper.shutdown()).await;
+    if let Some((clicks, ledger)) = shippers {
+        // The log and the ledger are flushed (or as flushed as they get):
+        // ship their ends while the grace period lasts, and save the
+        // confirmed positions.
+        let _ = tokio::task::spawn_blocking(move || {
+            std::thread::scope(|s| {
+                s.spawn(|| clicks.shutdown());
+                s.spawn(|| ledger.shutdown());
+            })
+        })
+        .await;
     }
     flushed?;
     drop(lock);

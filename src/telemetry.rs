@@ -358,6 +358,8 @@ pub const SHIP_BACKLOG_FULL: &str = "clickedge_ship_backlog_full";
 pub const SHIP_SENT: &str = "clickedge_ship_sent_total";
 pub const SHIP_DELIVERED: &str = "clickedge_ship_delivered_total";
 pub const SHIP_DELIVERY_ERRORS: &str = "clickedge_ship_delivery_errors_total";
+pub const SHIP_LEDGER_DELIVERED: &str = "clickedge_ship_ledger_delivered_total";
+pub const SHIP_LEDGER_BACKLOG_BYTES: &str = "clickedge_ship_ledger_backlog_bytes";
 pub const KAFKA_CLIENT_ERRORS: &str = "clickedge_kafka_client_errors_total";
 pub const SINK_ROWS: &str = "clickedge_sink_rows_inserted_total";
 pub const SINK_BATCH_ROWS: &str = "clickedge_sink_batch_rows";
@@ -393,6 +395,15 @@ fn describe_pipeline() {
     describe_counter!(
         SHIP_DELIVERY_ERRORS,
         "Failed deliveries (the records are re-sent from the click log)."
+    );
+    describe_counter!(
+        SHIP_LEDGER_DELIVERED,
+        "Postback ledger records acknowledged by Kafka (clickedge.conversions)."
+    );
+    describe_gauge!(
+        SHIP_LEDGER_BACKLOG_BYTES,
+        Unit::Bytes,
+        "Postback ledger bytes not yet acknowledged by Kafka."
     );
     describe_counter!(
         KAFKA_CLIENT_ERRORS,
@@ -448,6 +459,11 @@ pub fn ship_delivery_failed(e: &rdkafka::error::KafkaError) {
     tracing::debug!(error = %e, "ship: delivery failed");
 }
 
+pub fn ship_ledger(delivered: u64, backlog_bytes: u64) {
+    counter!(SHIP_LEDGER_DELIVERED).increment(delivered);
+    gauge!(SHIP_LEDGER_BACKLOG_BYTES).set(backlog_bytes as f64);
+}
+
 pub fn kafka_client_error() {
     counter!(KAFKA_CLIENT_ERRORS).increment(1);
 }
@@ -484,6 +500,7 @@ pub fn pipeline_zero(sink: bool) {
         counter!(SHIP_DELIVERY_ERRORS).absolute(0);
         counter!(SHIP_SENT).absolute(0);
         counter!(SHIP_DELIVERED).absolute(0);
+        counter!(SHIP_LEDGER_DELIVERED).absolute(0);
     }
     counter!(KAFKA_CLIENT_ERRORS).absolute(0);
 }

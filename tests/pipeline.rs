@@ -1,6 +1,7 @@
 //! Full mode against the real services: every click answered with a
 //! redirect reaches ClickHouse exactly once, through broker outages,
-//! ClickHouse outages, sink crashes and `serve` restarts.
+//! ClickHouse outages, sink crashes and `serve` restarts; postbacks from
+//! several nodes reconcile once from ClickHouse.
 //!
 //! Each test starts its own Tansu and ClickHouse (`scripts/services`) and
 //! compares the *set* of click ids the edge handed out in `Set-Cookie` with
@@ -280,6 +281,8 @@ fn a_broker_outage_loses_no_click_and_redirects_keep_answering() {
     let server = Server::start_with(&env_refs(&s.env));
     let sink = Sink::start(&s.env);
     let (_token, codes) = mint_links(&server, 20);
+    add_network(&server);
+    let clicked = click_once(&server, &codes[0]);
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(server.edge, codes, u64::MAX, 300, 8, stop.clone());
 
@@ -301,6 +304,12 @@ fn a_broker_outage_loses_no_click_and_redirects_keep_answering() {
         wait_until(Duration::from_secs(15), || readyz() == 503),
         "/readyz reports the broker outage"
     );
+    // A conversion during the outage is accepted from the local ledger and
+    // reaches ClickHouse once the broker is back.
+    let query = format!(
+        "click_id={clicked}&txn_id=during-outage&status=approved&payout=5&token=tok-kt-0123456789"
+    );
+    assert_eq!(postback(&server, &query), (200, "accepted".to_owned()));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
     s.kafka.restart();
     assert!(wait_until(Duration::from_secs(30), || readyz() == 200));
@@ -313,7 +322,22 @@ fn a_broker_outage_loses_no_click_and_redirects_keep_answering() {
         "redirects kept answering during the outage"
     );
     assert!(answered.ids.len() > 5_000, "{} clicks", answered.ids.len());
+    let mut answered = answered;
+    answered.ids.insert(clicked);
     assert_exactly_once(&s, &answered, &server, &sink);
+    let records = ledger_records(&server) as u64;
+    assert!(
+        wait_until(CATCH_UP, || {
+            s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {DB}.conversions")) == records
+        }),
+        "every ledger record reaches ClickHouse"
+    );
+    assert_eq!(
+        s.ch.query_u64(&format!(
+            "SELECT count() FROM {DB}.conversions WHERE txn_id = 'during-outage'"
+        )),
+        1
+    );
 }
 
 #[test]
@@ -333,6 +357,9 @@ fn a_clickhouse_outage_is_retried_until_every_click_is_loaded() {
         rt.block_on(Api::new(&server, token.clone()).get("/v1/links/pipe-0/stats"));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "stats_unavailable");
+    let (status, body) = rt.block_on(Api::new(&server, token.clone()).get("/v1/reconciliation"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "reconciliation_unavailable");
     std::thread::sleep(Duration::from_secs(10));
     s.ch.restart();
     std::thread::sleep(Duration::from_secs(3));
@@ -444,4 +471,190 @@ fn poison_records_are_dead_lettered_and_the_rest_is_loaded() {
     ));
     assert!(reasons.contains("not JSON"), "{reasons}");
     assert!(reasons.contains("unsupported event version 2"), "{reasons}");
+}
+
+/// Network `kt` on a node, with a known GET token; waits until `serve`
+/// answers for it.
+fn add_network(server: &Server) {
+    let out = server.cli(&["network", "add", "kt", "--token", "tok-kt-0123456789"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        postback(
+            server,
+            "click_id=x&txn_id=probe&status=approved&payout=1&token=wrong",
+        )
+        .0 == 401
+    }));
+}
+
+/// A GET postback on the node's edge: (status, outcome).
+fn postback(server: &Server, query: &str) -> (u16, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = common::client()
+            .get(server.edge_url(&format!("/_postback/kt?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        (status, v["result"].as_str().unwrap_or("").to_owned())
+    })
+}
+
+/// A browser click on `code`; returns its click id.
+fn click_once(server: &Server, code: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = common::client()
+            .get(server.edge_url(&format!("/{code}")))
+            .header("user-agent", BROWSER_UA)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        cookie["ce_click=".len()..cookie.find(';').unwrap()].to_owned()
+    })
+}
+
+fn ledger_records(server: &Server) -> usize {
+    std::fs::read_to_string(server.data_dir.join("postbacks.ledger"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn postbacks_from_two_nodes_reconcile_once_from_clickhouse_through_a_sink_restart() {
+    let master = [("CLICKEDGE_MASTER_KEY", "7b".repeat(32))];
+    let s = stack("memory", &[]);
+    let node = |id: &str| {
+        let mut env = env_refs(&s.env);
+        env.push((master[0].0, &master[0].1));
+        env.push(("CLICKEDGE_EDGE__NODE_ID", id));
+        Server::start_with(&env)
+    };
+    // Clicks happen on node a; node b only hears postbacks, so every match
+    // it makes is through ClickHouse.
+    let (a, b) = (node("a"), node("b"));
+    let mut sink = Sink::start(&s.env);
+    let (token, codes) = mint_links(&a, 1);
+    add_network(&a);
+    add_network(&b);
+    let c1 = click_once(&a, &codes[0]);
+    let c2 = click_once(&a, &codes[0]);
+    assert!(wait_until(CATCH_UP, || {
+        s.ch.query_u64(&format!("SELECT uniqExact(click_id) FROM {DB}.click_ids")) == 2
+    }));
+    let pb = |n: &Server, click: &str, txn: &str, status: &str, payout: &str| {
+        postback(
+            n,
+            &format!("click_id={click}&txn_id={txn}&status={status}&payout={payout}&currency=USD&token=tok-kt-0123456789"),
+        )
+    };
+    let ok = |o: &str| (200, o.to_owned());
+    // t1 pending on both nodes: each node's first, but one conversion.
+    assert_eq!(pb(&a, &c1, "t1", "pending", "1.50"), ok("accepted"));
+    assert_eq!(pb(&b, &c1, "t1", "pending", "1.50"), ok("accepted"));
+    assert_eq!(pb(&b, &c1, "t1", "approved", "2.25"), ok("status_change"));
+    // t2 matched on b through ClickHouse, then retried three times.
+    assert_eq!(pb(&b, &c2, "t2", "approved", "10"), ok("accepted"));
+    for _ in 0..3 {
+        assert_eq!(pb(&b, &c2, "t2", "approved", "10"), ok("duplicate"));
+    }
+    assert_eq!(
+        postback(
+            &a,
+            "click_id=x&txn_id=t9&status=approved&payout=1&token=nope"
+        )
+        .0,
+        401
+    );
+
+    // The sink goes down; a click and its postback happen meanwhile: b
+    // cannot find the click yet (unknown_click), and matches it on read.
+    sink.kill_and_restart();
+    sink.stop();
+    let c3 = click_once(&a, &codes[0]);
+    assert_eq!(pb(&b, &c3, "t3", "pending", "0.75"), ok("unknown_click"));
+    let mut sink = Sink::start(&s.env);
+
+    let records = (ledger_records(&a) + ledger_records(&b)) as u64;
+    // 8 answered postbacks, the 401, and each node's probes while the
+    // network came up.
+    assert!(records >= 11, "{records}");
+    let loaded = || {
+        s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {DB}.conversions")) == records
+            && s.ch
+                .query_u64(&format!("SELECT uniqExact(click_id) FROM {DB}.click_ids"))
+                == 3
+    };
+    assert!(
+        wait_until(CATCH_UP, loaded),
+        "ledger records in ClickHouse: {} of {records}\n--- sink log:\n{}",
+        s.ch.query_u64(&format!("SELECT uniqExact(id) FROM {DB}.conversions")),
+        sink.log_text()
+    );
+    // One more sink restart re-reads recent records: nothing counts twice.
+    sink.kill_and_restart();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The independent count, from what was sent above.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let path = format!("/v1/reconciliation?network=kt&from={day}&to={day}");
+    for server in [&a, &b] {
+        let admin = Api::new(server, server.token("*"));
+        let (status, r) = rt.block_on(admin.get(&path));
+        assert_eq!(status, 200, "{r}");
+        let d = &r["days"][0];
+        // 8 valid postbacks; the refusals are the 401 and the probes.
+        assert_eq!(d["refused"]["bad_auth"], records - 8, "{r}");
+        assert_eq!(d["received"], records, "{r}");
+        assert_eq!(
+            (
+                &d["accepted"],
+                &d["status_changes"],
+                &d["duplicates"],
+                &d["unknown_clicks"]
+            ),
+            (&json!(2), &json!(1), &json!(4), &json!(1)),
+            "t1 and t2 accepted; t1 approved; b's t1 pending and t2's three retries; t3: {r}"
+        );
+        assert_eq!(d["unmatched"], 0, "t3's click has arrived: {r}");
+        assert_eq!(d["conversions"], 3, "{r}");
+        assert_eq!(d["revenue"], json!({"USD": "12.25"}), "{r}");
+        assert_eq!(d["by_status"]["pending"]["count"], 1, "{r}");
+        assert_eq!(d["by_status"]["approved"]["count"], 2, "{r}");
+        let link = &d["links"][0];
+        assert_eq!(
+            (&link["code"], &link["tenant"]),
+            (&json!(codes[0]), &json!("acme"))
+        );
+        assert_eq!(
+            (&link["human_clicks"], &link["conversions"]),
+            (&json!(3), &json!(3)),
+            "{r}"
+        );
+    }
+    // The tenant sees its conversions, not the refusals.
+    let tenant = Api::new(&a, token.clone());
+    let (_, r) = rt.block_on(tenant.get(&path));
+    assert_eq!(r["days"][0]["conversions"], 3, "{r}");
+    assert!(r["days"][0].get("refused").is_none(), "{r}");
+    let (_, other) = rt.block_on(Api::new(&a, a.token("other")).get(&path));
+    assert_eq!(other["days"], json!([]), "{other}");
+    // Link stats carry the same conversions and revenue.
+    let (_, st) =
+        rt.block_on(tenant.get(&format!("/v1/links/{}/stats?from={day}&to={day}", codes[0])));
+    assert_eq!(
+        (&st["conversions"], &st["revenue"]),
+        (&json!(3), &json!({"USD": "12.25"})),
+        "{st}"
+    );
 }

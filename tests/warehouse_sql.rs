@@ -1,4 +1,5 @@
-//! The project's ClickHouse SQL — schema, stats queries, retention — runs
+//! The project's ClickHouse SQL — schema, stats, conversions and
+//! reconciliation queries, retention — runs
 //! on Debian's ClickHouse 18.16 and on current ClickHouse (the 26.x engine
 //! in-process through `chdb`), with the same answers on both.
 
@@ -7,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use clickedge::stats::Interval;
-use clickedge::warehouse;
+use clickedge::warehouse::{self, conversions, conversions::Scope};
 use common::services::ClickHouse;
 
 const DB: &str = "ce";
@@ -50,7 +51,94 @@ fn statements() -> Vec<String> {
             0
         ),
     ));
+    // The click-id lookup of `a`, `c` and `d` (and `a` re-delivered).
+    let id_row = |id: &str, ts: &str, ms: i64| format!("('{id}', '{ts}', {ms}, 'acme', 'x', 0)");
+    sql.push(format!(
+        "INSERT INTO {DB}.click_ids VALUES {}, {}, {}, {}",
+        id_row("a", "2026-03-04 05:00:00", DAY_MS + 5 * HOUR),
+        id_row("a", "2026-03-04 05:00:00", DAY_MS + 5 * HOUR),
+        id_row("c", "2026-03-04 05:20:00", DAY_MS + 5 * HOUR + 1_200_000),
+        id_row("d", "2026-03-04 06:00:00", DAY_MS + 6 * HOUR),
+    ));
+    sql.push(format!(
+        "INSERT INTO {DB}.conversions VALUES {}",
+        ledger_rows().join(", ")
+    ));
     sql
+}
+
+const HOUR: i64 = 3_600_000;
+
+/// Ledger records as two nodes shipped them, with re-deliveries:
+/// - `t1`: pending accepted on n1 (delivered twice), approved on n1, and
+///   the pending retried on n2, which had not seen it (a cross-node
+///   duplicate that n2 called `accepted`);
+/// - `t2`: `unknown_click` on n2 for click `c`, which has loaded since;
+/// - `t0`: first received the day before, approved on the day: outside a
+///   range starting on the day;
+/// - two `bad_auth` refusals, one delivered twice.
+fn ledger_rows() -> Vec<String> {
+    #[allow(clippy::too_many_arguments)]
+    let rec = |id: &str,
+               hour: i64,
+               outcome: &str,
+               txn: &str,
+               status: &str,
+               payout: &str,
+               click: &str,
+               code: &str,
+               node: &str| {
+        let ms = DAY_MS + hour * HOUR;
+        let tenant = if code.is_empty() { "" } else { "acme" };
+        format!(
+            "('{id}', toDateTime({}, 'UTC'), {ms}, '{outcome}', 'kt', '{txn}', '{status}', '{payout}', \
+             'USD', '{click}', {}, '{code}', '{tenant}', 0, '', '{node}')",
+            ms / 1000,
+            DAY_MS + 5 * HOUR
+        )
+    };
+    vec![
+        rec("r1", 7, "accepted", "t1", "pending", "1.50", "a", "x", "n1"),
+        rec("r1", 7, "accepted", "t1", "pending", "1.50", "a", "x", "n1"),
+        rec(
+            "r2",
+            8,
+            "status_change",
+            "t1",
+            "approved",
+            "2.25",
+            "a",
+            "x",
+            "n1",
+        ),
+        rec("r3", 9, "accepted", "t1", "pending", "1.50", "a", "x", "n2"),
+        rec(
+            "r4",
+            10,
+            "unknown_click",
+            "t2",
+            "pending",
+            "3",
+            "c",
+            "",
+            "n2",
+        ),
+        rec("r5", -20, "accepted", "t0", "pending", "4", "a", "x", "n1"),
+        rec(
+            "r6",
+            2,
+            "status_change",
+            "t0",
+            "approved",
+            "4",
+            "a",
+            "x",
+            "n1",
+        ),
+        rec("r7", 11, "bad_auth", "", "", "", "", "", "n1"),
+        rec("r7", 11, "bad_auth", "", "", "", "", "", "n1"),
+        rec("r8", 12, "bad_auth", "", "", "", "", "", "n2"),
+    ]
 }
 
 /// Queries whose answers must match across the two engines.
@@ -64,13 +152,48 @@ fn queries() -> Vec<String> {
         DAY_MS + 86_400_000,
         Interval::Day,
     );
-    let in_db = |q: String| q.replace(" FROM clicks ", &format!(" FROM {DB}.clicks "));
+    let day = Scope {
+        network: None,
+        from_ms: DAY_MS,
+        to_ms: DAY_MS + 24 * HOUR,
+        tenant: None,
+        link: None,
+    };
     vec![
         in_db(total),
         in_db(hourly),
         in_db(daily),
         warehouse::retained_parts_sql(DB),
+        in_db(conversions::status_groups_sql(&day)),
+        in_db(conversions::status_groups_sql(&Scope {
+            tenant: Some("other"),
+            ..day
+        })),
+        in_db(conversions::status_groups_sql(&Scope {
+            link: Some(("acme", "x")),
+            network: Some("kt"),
+            ..day
+        })),
+        in_db(conversions::refused_sql(None, DAY_MS, DAY_MS + 24 * HOUR)),
+        in_db(conversions::find_clicks_sql(
+            &["c", "nope", "a"],
+            Some((DAY_MS, DAY_MS + 6 * HOUR)),
+        )),
+        in_db(conversions::human_clicks_sql(
+            &[("acme", "x"), ("acme", "y")],
+            DAY_MS - 100 * 24 * HOUR,
+            DAY_MS + 24 * HOUR,
+        )),
     ]
+}
+
+/// Points unqualified table names at the test database.
+fn in_db(q: String) -> String {
+    ["clicks", "conversions", "click_ids"]
+        .iter()
+        .fold(q, |q, t| {
+            q.replace(&format!(" FROM {t} "), &format!(" FROM {DB}.{t} "))
+        })
 }
 
 fn retention() -> Vec<String> {
@@ -154,7 +277,51 @@ fn schema_stats_and_retention_sql_agree_on_clickhouse_18_and_current() {
         old[q + 2].trim(),
         format!("{old_day}\t1\t1\t1\n{DAY_MS}\t4\t3\t2")
     );
-    assert_eq!(old[q + 3].trim(), "clicks\t20251124\nclicks\t20260304");
+    // Conversion groups of the day: t1's pending once (r1 counted once,
+    // r3 the cross-node repeat: 2 records) then approved; t2 unmatched;
+    // t0 left out (first received the day before).
+    let (h, click_a, click_c) = (
+        |n: i64| DAY_MS + n * HOUR,
+        "a\t1772600400000",
+        "c\t1772600400000",
+    );
+    let t1 = format!(
+        "kt\tt1\tpending\t{}\taccepted\t1.50\tUSD\t{click_a}\tx\tacme\t2\n\
+         kt\tt1\tapproved\t{}\tstatus_change\t2.25\tUSD\t{click_a}\tx\tacme\t1",
+        h(7),
+        h(8)
+    );
+    let t2 = format!(
+        "kt\tt2\tpending\t{}\tunknown_click\t3\tUSD\t{click_c}\t\t\t1",
+        h(10)
+    );
+    assert_eq!(old[q + 4].trim(), format!("{t1}\n{t2}"));
+    // Another tenant sees only what is unmatched (resolved by the caller).
+    assert_eq!(old[q + 5].trim(), t2);
+    // One link: its matched conversions, and the unmatched.
+    assert_eq!(old[q + 6].trim(), format!("{t1}\n{t2}"));
+    // Refusals: r7 (delivered twice) and r8.
+    assert_eq!(
+        old[q + 7].trim(),
+        format!("kt\t{}\tbad_auth\t2", DAY_MS / 86_400_000)
+    );
+    // Click lookup: `c` and `a` found once each, `nope` not.
+    let mut found: Vec<&str> = old[q + 8].trim().lines().collect();
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        [
+            format!("a\tacme\tx\t{}\t0", h(5)),
+            format!("c\tacme\tx\t{}\t0", h(5) + 1_200_000)
+        ]
+    );
+    // Human clicks per link and day: the old day's 1, the day's 3.
+    let day = DAY_MS / 86_400_000;
+    assert_eq!(
+        old[q + 9].trim(),
+        format!("acme\tx\t{}\t1\nacme\tx\t{day}\t3", day - 100)
+    );
+    assert_eq!(old[q + 3].trim(), "click_ids\t20260304\nclicks\t20251124\nclicks\t20260304\nconversions\t20260303\nconversions\t20260304");
     // After dropping the old day's partition: four distinct, none old.
     assert_eq!(old.last().unwrap().trim(), "4\t0");
 }

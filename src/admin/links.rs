@@ -350,18 +350,21 @@ impl Admin {
                     to,
                     interval,
                 ))
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "admin: stats query failed");
-                    ApiError::new(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "stats_unavailable",
-                        "stats are read from ClickHouse, which did not answer; retry shortly",
-                    )
-                })?,
+                .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
             None => self.stats.query(&link.code, from, to, interval),
         };
-        let (conversions, revenue) =
-            crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to);
+        let (conversions, revenue) = match &self.warehouse {
+            Some(w) => tokio::runtime::Handle::current()
+                .block_on(crate::postback::full::link_totals(
+                    &w.client,
+                    &link.tenant,
+                    &link.code,
+                    from,
+                    to,
+                ))
+                .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
+            None => crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to),
+        };
         Ok(serde_json::json!({
             "code": link.code,
             "from": crate::time::rfc3339(from),

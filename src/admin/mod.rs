@@ -46,6 +46,17 @@ pub struct Warehouse {
 
 type Routed = (&'static str, Result<Response<Body>, ApiError>);
 
+/// 503 for an answer read from ClickHouse when it did not give one; `code`
+/// says which (`stats_unavailable`, `reconciliation_unavailable`).
+fn warehouse_unavailable(code: &'static str, e: &crate::warehouse::WarehouseError) -> ApiError {
+    tracing::warn!(error = %e, code, "admin: ClickHouse query failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        "this is read from ClickHouse, which did not answer; retry shortly",
+    )
+}
+
 /// Serves one admin request within the request deadline.
 pub async fn handle<B>(admin: Arc<Admin>, req: Request<B>) -> Response<Body>
 where

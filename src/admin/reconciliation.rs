@@ -1,5 +1,6 @@
 //! `GET /v1/reconciliation?network=&from=&to=`: the postback ledger per
-//! network, day and link, scoped to the caller's tenant.
+//! network, day and link, scoped to the caller's tenant; read from this
+//! node's ledger (embedded) or ClickHouse (full mode).
 
 use super::auth::Principal;
 use super::error::ApiError;
@@ -45,16 +46,20 @@ impl Admin {
                 "range too large: at most {MAX_DAYS} days"
             )));
         }
-        Ok(reconcile(
-            &self.ledger,
-            &self.stats,
-            &Query {
-                network,
-                from_ms: from,
-                to_ms: to,
-                tenant: who.tenant.clone(),
-            },
-        ))
+        let q = Query {
+            network,
+            from_ms: from,
+            to_ms: to,
+            tenant: who.tenant.clone(),
+        };
+        match &self.warehouse {
+            // Every node's ledger meets in ClickHouse. On the blocking pool
+            // (see `route`), so waiting here is fine.
+            Some(w) => tokio::runtime::Handle::current()
+                .block_on(crate::postback::full::reconcile(&w.client, &q))
+                .map_err(|e| super::warehouse_unavailable("reconciliation_unavailable", &e)),
+            None => Ok(reconcile(&self.ledger, &self.stats, &q)),
+        }
     }
 }
 

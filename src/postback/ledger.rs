@@ -9,8 +9,10 @@
 //! Order of checks for a postback whose fields parsed: the click id's tag
 //! (forged → `forged_click`, no lookup), the attribution window (the click
 //! time is in the id), the idempotency key (network, txn_id, status), and
-//! only then the click lookup. Deciding and appending happen under one
-//! mutex, so 100 identical postbacks at once give exactly one `accepted`.
+//! only then the click lookup. The lookup runs outside the ledger's mutex
+//! (in full mode it may ask ClickHouse); the final decision and the append
+//! happen under it, with the idempotency key checked again, so 100
+//! identical postbacks at once give exactly one `accepted`.
 //! Records that answer 200 are fsynced before the answer; the others
 //! (`bad_auth`, `malformed`, `forged_click`, `out_of_window`) are written
 //! at once but synced with the next durable record, so a flood of junk
@@ -62,6 +64,11 @@ pub enum LedgerError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRecord {
     pub v: u8,
+    /// Random, unique per record: re-deliveries of the record through Kafka
+    /// share it, so ClickHouse counts the record once. Absent in records
+    /// written before ids existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub outcome: Outcome,
     pub network: String,
     pub txn_id: Option<String>,
@@ -112,7 +119,8 @@ pub struct Conversion {
     pub currency: String,
     pub code: Option<String>,
     pub tenant: Option<String>,
-    seen: u8,
+    /// Statuses recorded (the idempotency index), one bit each.
+    pub(super) seen: u8,
     /// Records per outcome (accepted, status_change, duplicate, unknown_click).
     pub counts: [u64; 8],
 }
@@ -183,6 +191,23 @@ impl State {
                 c.tenant = Some(click.link.tenant.clone());
             }
         }
+    }
+}
+
+/// A postback found to repeat a recorded (network, txn_id, status).
+struct Duplicate {
+    code: Option<String>,
+    tenant: Option<String>,
+    reason: String,
+}
+
+impl Duplicate {
+    fn applied_to(self, mut rec: LedgerRecord) -> LedgerRecord {
+        rec.outcome = Outcome::Duplicate;
+        rec.code = self.code;
+        rec.tenant = self.tenant;
+        rec.reason = Some(self.reason);
+        rec
     }
 }
 
@@ -304,6 +329,7 @@ impl Ledger {
     ) -> std::io::Result<Decision> {
         let mut rec = LedgerRecord {
             v: RECORD_VERSION,
+            id: Some(format!("{:032x}", rand::random::<u128>())),
             outcome: Outcome::Malformed,
             network: network.name.clone(),
             txn_id: None,
@@ -357,38 +383,56 @@ impl Ledger {
             ));
             return self.record(rec);
         }
-        let mut inner = self.lock();
         let key = (network.name.clone(), fields.txn_id.clone());
-        let existing = inner.state.conversions.get(&key);
-        if let Some(c) = existing.filter(|c| c.seen & fields.status.bit() != 0) {
-            rec.outcome = Outcome::Duplicate;
-            rec.code = c.code.clone();
-            rec.tenant = c.tenant.clone();
-            rec.reason = Some(format!(
-                "already recorded: {} {}",
-                fields.txn_id,
-                fields.status.as_str()
-            ));
-        } else {
-            let known = existing.is_some();
-            match self.clicks.find(&fields.click_id, click_ts) {
-                None => {
-                    rec.outcome = Outcome::UnknownClick;
-                    rec.reason =
-                        Some("no recorded click has this id yet; matched when it arrives".into());
-                }
-                Some(click) => {
-                    rec.outcome = if known {
-                        Outcome::StatusChange
-                    } else {
-                        Outcome::Accepted
-                    };
-                    rec.code = Some(click.link.code.clone());
-                    rec.tenant = Some(click.link.tenant.clone());
-                }
+        // The common retry is answered from memory, without a lookup.
+        let dup = Self::duplicate(&self.lock().state, &key, &fields);
+        if let Some(dup) = dup {
+            return self.record(dup.applied_to(rec));
+        }
+        // The lookup may ask ClickHouse (full mode): never under the lock.
+        let click = self.clicks.find(&fields.click_id, click_ts);
+        let mut inner = self.lock();
+        // Decided again under the lock: an identical postback may have
+        // been recorded while this one looked its click up.
+        if let Some(dup) = Self::duplicate(&inner.state, &key, &fields) {
+            return Self::append(&mut inner, dup.applied_to(rec));
+        }
+        let known = inner.state.conversions.contains_key(&key);
+        match click {
+            None => {
+                rec.outcome = Outcome::UnknownClick;
+                rec.reason =
+                    Some("no recorded click has this id yet; matched when it arrives".into());
+            }
+            Some(click) => {
+                rec.outcome = if known {
+                    Outcome::StatusChange
+                } else {
+                    Outcome::Accepted
+                };
+                rec.code = Some(click.link.code.clone());
+                rec.tenant = Some(click.link.tenant.clone());
             }
         }
         Self::append(&mut inner, rec)
+    }
+
+    /// The duplicate this postback is, if its (network, txn_id, status)
+    /// is recorded already.
+    fn duplicate(state: &State, key: &(String, String), fields: &Fields) -> Option<Duplicate> {
+        let c = state
+            .conversions
+            .get(key)
+            .filter(|c| c.seen & fields.status.bit() != 0)?;
+        Some(Duplicate {
+            code: c.code.clone(),
+            tenant: c.tenant.clone(),
+            reason: format!(
+                "already recorded: {} {}",
+                fields.txn_id,
+                fields.status.as_str()
+            ),
+        })
     }
 
     fn record(&self, rec: LedgerRecord) -> std::io::Result<Decision> {

@@ -13,10 +13,11 @@
 //! admin /v1/reconciliation ◄─ reconcile.rs   per network, day and link; latest status wins
 //! ```
 //!
-//! Two seams are left for full mode: [`ClickLookup`] (embedded: the local
-//! [`click_index::ClickIndex`]; full: ClickHouse) and [`LedgerSink`]
-//! (embedded: the ledger file; full: the `clickedge.conversions` topic).
-//! Ledger records are already the `"v":1` JSON event such a topic carries.
+//! Full mode (`full.rs`): matching asks ClickHouse for clicks this node has
+//! not seen ([`ClickLookup`]), each node's ledger file is shipped to
+//! `clickedge.conversions` (`crate::ship::ledger`) and loaded by the sink,
+//! and reconciliation reads ClickHouse, where every node's records meet.
+//! Ledger records are the `"v":1` JSON event that topic carries.
 //!
 //! Never here: a secret, a token or a raw IP in a log line, a metric label,
 //! a file or an answer.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod click_index;
 pub mod decimal;
 pub mod endpoint;
+pub mod full;
 pub mod ledger;
 pub mod networks;
 pub mod params;
@@ -149,8 +151,8 @@ pub trait ClickLookup: Send + Sync {
     fn find(&self, click_id: &str, ts_ms: i64) -> Option<ClickRef>;
 }
 
-/// Where ledger records go once decided. Embedded: the ledger file; full
-/// mode: the `clickedge.conversions` topic as well.
+/// Where ledger records go once decided: the ledger file, in both modes
+/// (full mode ships that file on to `clickedge.conversions`).
 pub trait LedgerSink: Send {
     /// Appends one encoded record (a JSON object, no newline). With
     /// `durable`, it must be on stable storage before this returns.
@@ -180,7 +182,8 @@ pub enum OpenError {
 impl Postbacks {
     /// Builds the click index from the click log, loads the networks and
     /// replays the ledger. Call before the click-log writer starts, so the
-    /// index and the writer's feed meet without a gap.
+    /// index and the writer's feed meet without a gap, and (in full mode)
+    /// within the runtime that answers ClickHouse lookups.
     pub fn open(
         config: &crate::config::Config,
         master: &crate::keys::MasterKey,
@@ -201,9 +204,18 @@ impl Postbacks {
             &config.data_dir,
             sealed::Sealer::new(master),
         )?);
+        // Full mode matches what this node has not seen in ClickHouse.
+        let clicks: Arc<dyn ClickLookup> = match (&config.kafka, &config.clickhouse) {
+            (Some(_), Some(ch)) => Arc::new(full::WarehouseClicks::new(
+                index.clone(),
+                crate::warehouse::client(ch),
+                tokio::runtime::Handle::current(),
+            )),
+            _ => index.clone(),
+        };
         let ledger = Arc::new(Ledger::open(
             &config.data_dir,
-            index.clone() as Arc<dyn ClickLookup>,
+            clicks,
             crate::clicks::ClickIds::new(master),
             config.edge.node_id.clone(),
         )?);

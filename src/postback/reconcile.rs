@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::decimal::Decimal;
-use super::ledger::{Ledger, DAY_MS};
+use super::ledger::{Conversion, Ledger, DAY_MS};
 use super::{Outcome, Status};
 use crate::stats::{Interval, StatsIndex};
 
@@ -37,7 +37,7 @@ pub struct Query {
     pub tenant: Option<String>,
 }
 
-type Money = BTreeMap<String, Decimal>;
+pub type Money = BTreeMap<String, Decimal>;
 
 #[derive(Debug, Default, Serialize)]
 struct StatusRow {
@@ -81,110 +81,160 @@ fn add(money: &mut Money, currency: &str, amount: Decimal) {
     *slot = slot.checked_add(amount).unwrap_or(*slot);
 }
 
-/// Answers `GET /v1/reconciliation`.
-pub fn reconcile(ledger: &Ledger, stats: &StatsIndex, q: &Query) -> serde_json::Value {
-    let mut days: BTreeMap<(String, i64), DayRow> = BTreeMap::new();
-    let mut links: BTreeMap<(String, i64), BTreeMap<(String, String), LinkRow>> = BTreeMap::new();
-    let in_range = |ms: i64| ms >= q.from_ms && ms < q.to_ms;
-    let wanted = |n: &str| q.network.as_deref().is_none_or(|w| w == n);
-    ledger.read(|state| {
-        for c in state.conversions.values() {
-            if !wanted(&c.network) || !in_range(c.first_ms) {
-                continue;
-            }
-            if let Some(t) = &q.tenant {
-                if c.tenant.as_deref() != Some(t) {
-                    continue;
-                }
-            }
-            let day = c.first_ms.div_euclid(DAY_MS);
-            let d = day_row(&mut days, &c.network, day, q.tenant.is_none());
-            let n = |o: Outcome| c.counts[o as usize];
-            d.received += c.counts.iter().sum::<u64>();
-            d.accepted += n(Outcome::Accepted);
-            d.status_changes += n(Outcome::StatusChange);
-            d.duplicates += n(Outcome::Duplicate);
-            d.unknown_clicks += n(Outcome::UnknownClick);
-            let s = d.by_status.entry(c.status.as_str()).or_default();
-            s.count += 1;
-            add(&mut s.payout, &c.currency, c.payout);
-            if c.status.counts_as_conversion() {
-                d.conversions += 1;
-            }
-            if c.status == Status::Approved {
-                add(&mut d.revenue, &c.currency, c.payout);
-            }
-            let (Some(code), Some(tenant)) = (&c.code, &c.tenant) else {
-                d.unmatched += 1;
-                continue;
-            };
-            let l = links
-                .entry((c.network.clone(), day))
-                .or_default()
-                .entry((code.clone(), tenant.clone()))
-                .or_insert_with(|| LinkRow {
-                    code: code.clone(),
-                    tenant: tenant.clone(),
-                    ..LinkRow::default()
-                });
-            let s = l.by_status.entry(c.status.as_str()).or_default();
-            s.count += 1;
-            add(&mut s.payout, &c.currency, c.payout);
-            if c.status.counts_as_conversion() {
-                l.conversions += 1;
-            }
-            if c.status == Status::Approved {
-                add(&mut l.revenue, &c.currency, c.payout);
+/// Reconciliation rows as they are gathered: per (network, day), and per
+/// link within each. Fed by the ledger (embedded) or ClickHouse (full).
+#[derive(Default)]
+pub(crate) struct Tally {
+    days: BTreeMap<(String, i64), DayRow>,
+    links: BTreeMap<(String, i64), BTreeMap<(String, String), LinkRow>>,
+}
+
+impl Tally {
+    /// Adds one conversion if `q` selects it.
+    pub(crate) fn add_conversion(&mut self, c: &Conversion, q: &Query) {
+        if q.network.as_deref().is_some_and(|w| w != c.network)
+            || c.first_ms < q.from_ms
+            || c.first_ms >= q.to_ms
+        {
+            return;
+        }
+        if let Some(t) = &q.tenant {
+            if c.tenant.as_deref() != Some(t) {
+                return;
             }
         }
-        if q.tenant.is_none() {
-            for ((network, day), counts) in &state.refused {
-                if !wanted(network) || !in_range(day * DAY_MS) {
-                    continue;
-                }
-                let d = day_row(&mut days, network, *day, true);
-                let refused = d.refused.get_or_insert_with(BTreeMap::new);
-                for o in [
-                    Outcome::ForgedClick,
-                    Outcome::OutOfWindow,
-                    Outcome::BadAuth,
-                    Outcome::Malformed,
-                ] {
-                    let n = counts[o as usize];
-                    if n > 0 {
-                        *refused.entry(o.as_str()).or_default() += n;
-                        d.received += n;
-                    }
-                }
-            }
-        }
-    });
-    for ((network, day), rows) in links {
-        let d = days
-            .get_mut(&(network, day))
-            .expect("a day row exists for each link row");
+        let day = c.first_ms.div_euclid(DAY_MS);
+        let d = day_row(&mut self.days, &c.network, day, q.tenant.is_none());
+        let n = |o: Outcome| c.counts[o as usize];
+        d.received += c.counts.iter().sum::<u64>();
+        d.accepted += n(Outcome::Accepted);
+        d.status_changes += n(Outcome::StatusChange);
+        d.duplicates += n(Outcome::Duplicate);
+        d.unknown_clicks += n(Outcome::UnknownClick);
+        count_status(&mut d.by_status, &mut d.conversions, &mut d.revenue, c);
+        let (Some(code), Some(tenant)) = (&c.code, &c.tenant) else {
+            d.unmatched += 1;
+            return;
+        };
+        let l = self
+            .links
+            .entry((c.network.clone(), day))
+            .or_default()
+            .entry((code.clone(), tenant.clone()))
+            .or_insert_with(|| LinkRow {
+                code: code.clone(),
+                tenant: tenant.clone(),
+                ..LinkRow::default()
+            });
+        count_status(&mut l.by_status, &mut l.conversions, &mut l.revenue, c);
+    }
+
+    /// Adds a network's refused records of one day (admins only).
+    pub(crate) fn add_refused(&mut self, network: &str, day: i64, counts: &[u64; 8], q: &Query) {
+        let wanted = q.network.as_deref().is_none_or(|w| w == network);
         let start = day * DAY_MS;
-        for (_, mut l) in rows {
-            let (clicks, _) = stats.query(&l.code, start, start + DAY_MS, Interval::Day);
-            l.human_clicks = clicks.human_clicks;
-            if l.human_clicks > 0 {
-                let rate = l.conversions as f64 / l.human_clicks as f64;
-                let scale = 10f64.powi(RATE_DIGITS);
-                l.conversion_rate = Some((rate * scale).round() / scale);
-                for (cur, amount) in &l.revenue {
-                    if let Some(epc) = amount.div_round(l.human_clicks) {
-                        l.epc.insert(cur.clone(), epc);
-                    }
-                }
+        if q.tenant.is_some() || !wanted || start < q.from_ms || start >= q.to_ms {
+            return;
+        }
+        let d = day_row(&mut self.days, network, day, true);
+        let refused = d.refused.get_or_insert_with(BTreeMap::new);
+        for o in [
+            Outcome::ForgedClick,
+            Outcome::OutOfWindow,
+            Outcome::BadAuth,
+            Outcome::Malformed,
+        ] {
+            let n = counts[o as usize];
+            if n > 0 {
+                *refused.entry(o.as_str()).or_default() += n;
+                d.received += n;
             }
-            d.links.push(l);
         }
     }
-    serde_json::json!({
-        "from": crate::time::rfc3339(q.from_ms),
-        "to": crate::time::rfc3339(q.to_ms),
-        "network": q.network,
-        "days": days.into_values().collect::<Vec<_>>(),
+
+    /// The (tenant, code, day) of every link row, for the click counts.
+    pub(crate) fn link_days(&self) -> Vec<(String, String, i64)> {
+        self.links
+            .iter()
+            .flat_map(|((_, day), rows)| {
+                rows.keys()
+                    .map(move |(code, tenant)| (tenant.clone(), code.clone(), *day))
+            })
+            .collect()
+    }
+
+    /// The answer, with each link's human clicks of the day from
+    /// `human_clicks(tenant, code, day)`.
+    pub(crate) fn finish(
+        mut self,
+        q: &Query,
+        mut human_clicks: impl FnMut(&str, &str, i64) -> u64,
+    ) -> serde_json::Value {
+        for ((network, day), rows) in std::mem::take(&mut self.links) {
+            let d = self
+                .days
+                .get_mut(&(network, day))
+                .expect("a day row exists for each link row");
+            for (_, mut l) in rows {
+                l.human_clicks = human_clicks(&l.tenant, &l.code, day);
+                if l.human_clicks > 0 {
+                    let rate = l.conversions as f64 / l.human_clicks as f64;
+                    let scale = 10f64.powi(RATE_DIGITS);
+                    l.conversion_rate = Some((rate * scale).round() / scale);
+                    for (cur, amount) in &l.revenue {
+                        if let Some(epc) = amount.div_round(l.human_clicks) {
+                            l.epc.insert(cur.clone(), epc);
+                        }
+                    }
+                }
+                d.links.push(l);
+            }
+        }
+        serde_json::json!({
+            "from": crate::time::rfc3339(q.from_ms),
+            "to": crate::time::rfc3339(q.to_ms),
+            "network": q.network,
+            "days": self.days.into_values().collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Counts a conversion once, with its latest status, into a row's status
+/// breakdown, conversion count and revenue.
+fn count_status(
+    by_status: &mut BTreeMap<&'static str, StatusRow>,
+    conversions: &mut u64,
+    revenue: &mut Money,
+    c: &Conversion,
+) {
+    let s = by_status.entry(c.status.as_str()).or_default();
+    s.count += 1;
+    add(&mut s.payout, &c.currency, c.payout);
+    if c.status.counts_as_conversion() {
+        *conversions += 1;
+    }
+    if c.status == Status::Approved {
+        add(revenue, &c.currency, c.payout);
+    }
+}
+
+/// Answers `GET /v1/reconciliation` from this node's ledger (embedded mode).
+pub fn reconcile(ledger: &Ledger, stats: &StatsIndex, q: &Query) -> serde_json::Value {
+    let mut tally = Tally::default();
+    ledger.read(|state| {
+        for c in state.conversions.values() {
+            tally.add_conversion(c, q);
+        }
+        for ((network, day), counts) in &state.refused {
+            tally.add_refused(network, *day, counts, q);
+        }
+    });
+    tally.finish(q, |_, code, day| {
+        let start = day * DAY_MS;
+        stats
+            .query(code, start, start + DAY_MS, Interval::Day)
+            .0
+            .human_clicks
     })
 }
 
@@ -204,22 +254,25 @@ fn day_row<'a>(
 }
 
 /// A link's conversions (pending + approved) and approved revenue per
-/// currency, for conversions first received in `[from_ms, to_ms)`.
-pub fn link_totals(ledger: &Ledger, code: &str, from_ms: i64, to_ms: i64) -> (u64, Money) {
-    ledger.read(|state| {
-        let mut conversions = 0;
-        let mut revenue = Money::new();
-        for c in state.conversions.values() {
-            if c.code.as_deref() != Some(code) || c.first_ms < from_ms || c.first_ms >= to_ms {
-                continue;
-            }
-            if c.status.counts_as_conversion() {
-                conversions += 1;
-            }
-            if c.status == Status::Approved {
-                add(&mut revenue, &c.currency, c.payout);
-            }
+/// currency, among conversions first received in `[from_ms, to_ms)`.
+pub(crate) fn totals<'a>(
+    conversions: impl IntoIterator<Item = &'a Conversion>,
+    code: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> (u64, Money) {
+    let mut n = 0;
+    let mut revenue = Money::new();
+    let mut by_status = BTreeMap::new();
+    for c in conversions {
+        if c.code.as_deref() == Some(code) && c.first_ms >= from_ms && c.first_ms < to_ms {
+            count_status(&mut by_status, &mut n, &mut revenue, c);
         }
-        (conversions, revenue)
-    })
+    }
+    (n, revenue)
+}
+
+/// [`totals`] from this node's ledger (embedded mode).
+pub fn link_totals(ledger: &Ledger, code: &str, from_ms: i64, to_ms: i64) -> (u64, Money) {
+    ledger.read(|state| totals(state.conversions.values(), code, from_ms, to_ms))
 }

@@ -18,6 +18,7 @@
 //! `kafka.max_backlog_bytes` the shipper raises the click log's backlog
 //! flag and the edge applies `clicklog.overflow` (503 by default).
 
+pub mod ledger;
 pub mod topics;
 
 use std::collections::VecDeque;
@@ -272,6 +273,29 @@ impl ProducerContext for ShipContext {
 
 type ClickProducer = BaseProducer<ShipContext>;
 
+/// The producer settings both shippers use: idempotent, acknowledged by
+/// all replicas, no delivery deadline by default (see `kafka.message_timeout_ms`).
+fn producer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", k.linger.as_millis().to_string())
+        .set(
+            "queue.buffering.max.messages",
+            k.queue_max_messages.to_string(),
+        )
+        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
+        .set(
+            "message.timeout.ms",
+            k.message_timeout.map_or(0, |t| t.as_millis()).to_string(),
+        )
+        .set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
 struct Shipper {
     cfg: ShipperConfig,
     log_dir: PathBuf,
@@ -394,28 +418,10 @@ impl Shipper {
     }
 
     fn producer(&self) -> Result<ClickProducer, KafkaError> {
-        let k = &self.cfg.kafka;
-        ClientConfig::new()
-            .set("bootstrap.servers", &k.brokers)
-            .set("client.id", &self.cfg.client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", k.linger.as_millis().to_string())
-            .set(
-                "queue.buffering.max.messages",
-                k.queue_max_messages.to_string(),
-            )
-            .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
-            .set(
-                "message.timeout.ms",
-                k.message_timeout.map_or(0, |t| t.as_millis()).to_string(),
-            )
-            .set_log_level(RDKafkaLogLevel::Warning)
-            .create_with_context(ShipContext {
-                reports: Mutex::new(Vec::new()),
-                errors: telemetry::Throttle::new(ERROR_LOG_EVERY),
-            })
+        producer_config(&self.cfg.kafka, &self.cfg.client_id).create_with_context(ShipContext {
+            reports: Mutex::new(Vec::new()),
+            errors: telemetry::Throttle::new(ERROR_LOG_EVERY),
+        })
     }
 
     /// Produces up to one read batch of lines; returns how many were sent.
@@ -583,21 +589,29 @@ fn event_ts_ms(line: &[u8]) -> Option<i64> {
 }
 
 fn load_position(data_dir: &Path) -> Result<Position, ShipError> {
-    let path = data_dir.join(POSITION_FILE);
+    load_json(&data_dir.join(POSITION_FILE))
+}
+
+fn store_position(data_dir: &Path, at: Position) -> std::io::Result<()> {
+    store_json(&data_dir.join(POSITION_FILE), &at)
+}
+
+/// A saved position, or the default when none was saved yet.
+fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T, ShipError> {
     let err = |source| ShipError::Position {
         path: path.display().to_string(),
         source,
     };
-    match std::fs::read(&path) {
+    match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(std::io::Error::other(e))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Position::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(err(e)),
     }
 }
 
-fn store_position(data_dir: &Path, at: Position) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(&at).map_err(std::io::Error::other)?;
-    crate::fsutil::write_atomic(&data_dir.join(POSITION_FILE), &bytes)
+fn store_json<T: serde::Serialize>(path: &Path, at: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(at).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

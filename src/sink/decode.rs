@@ -1,9 +1,15 @@
 //! Kafka record → ClickHouse row, or the reason it cannot be one.
 //!
-//! Never panics and never rejects the batch: anything that is not a v1 click
-//! event becomes a dead letter carrying its reason.
+//! Never panics and never rejects the batch: anything that is not a v1
+//! click event (on `clickedge.clicks`) or a v1 ledger record (on
+//! `clickedge.conversions`) becomes a dead letter carrying its reason.
+
+use serde::Deserialize;
 
 use crate::clicks::{WireClick, EVENT_VERSION};
+use crate::postback::ledger::LedgerRecord;
+use crate::ship::topics;
+use crate::warehouse::conversions::ConversionRow;
 use crate::warehouse::ClickRow;
 
 /// Longest payload kept in `dead_letters` (the rest is cut).
@@ -14,6 +20,7 @@ const MAX_ID_BYTES: usize = 64;
 #[derive(Debug)]
 pub enum Decoded {
     Click(Box<ClickRow>),
+    Conversion(Box<ConversionRow>),
     Poison(Poison),
 }
 
@@ -25,7 +32,7 @@ pub enum Poison {
     NotJson(String),
     #[error("unsupported event version {0} (this sink loads v1)")]
     Version(String),
-    #[error("invalid click event: {0}")]
+    #[error("invalid event: {0}")]
     Invalid(String),
 }
 
@@ -41,45 +48,60 @@ impl Poison {
     }
 }
 
+/// Decodes a record of `topic`: conversions from their topic, clicks from
+/// any other.
+pub fn record(topic: &str, payload: &[u8]) -> Decoded {
+    if topic == topics::CONVERSIONS {
+        conversion(payload)
+    } else {
+        click(payload)
+    }
+}
+
 pub fn click(payload: &[u8]) -> Decoded {
-    match parse(payload) {
+    match parse_click(payload) {
         Ok(row) => Decoded::Click(Box::new(row)),
         Err(p) => Decoded::Poison(p),
     }
 }
 
-fn parse(payload: &[u8]) -> Result<ClickRow, Poison> {
+pub fn conversion(payload: &[u8]) -> Decoded {
+    match parse_conversion(payload) {
+        Ok(row) => Decoded::Conversion(Box::new(row)),
+        Err(p) => Decoded::Poison(p),
+    }
+}
+
+/// A v1 JSON event, or why not.
+fn parse_json<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Poison> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(Poison::Empty);
     }
-    let ev: WireClick = match serde_json::from_slice(payload) {
-        Ok(ev) => ev,
+    match serde_json::from_slice(payload) {
+        Ok(ev) => Ok(ev),
         Err(e) => {
             // Tell "another version" apart from "broken".
             #[derive(serde::Deserialize)]
             struct Versioned {
                 v: serde_json::Value,
             }
-            return Err(match serde_json::from_slice::<Versioned>(payload) {
+            Err(match serde_json::from_slice::<Versioned>(payload) {
                 Ok(v) if v.v != serde_json::json!(EVENT_VERSION) => {
                     Poison::Version(v.v.to_string())
                 }
                 Ok(_) => Poison::Invalid(e.to_string()),
                 Err(_) if e.is_data() => Poison::Invalid(e.to_string()),
                 Err(_) => Poison::NotJson(e.to_string()),
-            });
+            })
         }
-    };
+    }
+}
+
+fn parse_click(payload: &[u8]) -> Result<ClickRow, Poison> {
+    let ev: WireClick = parse_json(payload)?;
     if ev.v != EVENT_VERSION {
         return Err(Poison::Version(ev.v.to_string()));
     }
-    let field = |name: &str, value: &str, max: usize| {
-        if value.is_empty() || value.len() > max {
-            Err(Poison::Invalid(format!("{name} must be 1-{max} bytes")))
-        } else {
-            Ok(())
-        }
-    };
     field("click_id", &ev.click_id, MAX_ID_BYTES)?;
     field("code", &ev.code, MAX_ID_BYTES)?;
     field("tenant", &ev.tenant, MAX_ID_BYTES)?;
@@ -102,6 +124,52 @@ fn parse(payload: &[u8]) -> Result<ClickRow, Poison> {
         bot_reason: ev.bot_reason.map(|r| r.into_owned()).unwrap_or_default(),
         edge_node: ev.edge_node.into_owned(),
         salt_epoch: ev.salt_epoch,
+    })
+}
+
+fn field(name: &str, value: &str, max: usize) -> Result<(), Poison> {
+    if value.is_empty() || value.len() > max {
+        Err(Poison::Invalid(format!("{name} must be 1-{max} bytes")))
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_conversion(payload: &[u8]) -> Result<ConversionRow, Poison> {
+    let rec: LedgerRecord = parse_json(payload)?;
+    if rec.v != crate::postback::ledger::RECORD_VERSION {
+        return Err(Poison::Version(rec.v.to_string()));
+    }
+    field("network", &rec.network, MAX_ID_BYTES)?;
+    let received_ms = rec.received_at.0;
+    let received_at = u32::try_from(received_ms.div_euclid(1000))
+        .map_err(|_| Poison::Invalid("received_at out of range".into()))?;
+    // Records written before ids existed: the payload itself names them
+    // (a re-delivery is byte-identical).
+    let id = rec
+        .id
+        .unwrap_or_else(|| blake3::hash(payload).to_hex()[..32].to_owned());
+    field("id", &id, MAX_ID_BYTES)?;
+    Ok(ConversionRow {
+        id,
+        received_at,
+        received_ms,
+        outcome: rec.outcome.as_str().to_owned(),
+        network: rec.network,
+        txn_id: rec.txn_id.unwrap_or_default(),
+        status: rec
+            .status
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        payout: rec.payout.map(|p| p.to_string()).unwrap_or_default(),
+        currency: rec.currency.unwrap_or_default(),
+        click_id: rec.click_id.unwrap_or_default(),
+        click_ts_ms: rec.click_ts.map_or(0, |t| t.0),
+        code: rec.code.unwrap_or_default(),
+        tenant: rec.tenant.unwrap_or_default(),
+        occurred_ms: rec.occurred_at.map_or(0, |t| t.0),
+        reason: rec.reason.unwrap_or_default(),
+        edge_node: rec.edge_node,
     })
 }
 
@@ -143,12 +211,75 @@ mod tests {
         for (payload, label) in cases {
             match click(payload.as_bytes()) {
                 Decoded::Poison(p) => assert_eq!(p.label(), *label, "{payload}"),
-                Decoded::Click(_) => panic!("{payload} decoded"),
+                other => panic!("{payload} decoded: {other:?}"),
             }
         }
         let no_id = GOOD.replace("06h0000000000000000000000000000a", "");
         assert!(matches!(
             click(no_id.as_bytes()),
+            Decoded::Poison(Poison::Invalid(_))
+        ));
+    }
+
+    const LEDGER: &str = r#"{"v":1,"id":"0123456789abcdef0123456789abcdef","outcome":"accepted","network":"kt","txn_id":"t1","status":"approved","payout":"2.50","currency":"USD","click_id":"06h0000000000000000000000000000a","click_ts":"2026-03-04T05:06:07.089Z","code":"spring","tenant":"acme","received_at":"2026-03-04T06:00:00.000Z","occurred_at":null,"reason":null,"edge_node":"n1"}"#;
+
+    #[test]
+    fn a_ledger_record_on_the_conversions_topic_becomes_a_row() {
+        let Decoded::Conversion(row) = record(topics::CONVERSIONS, LEDGER.as_bytes()) else {
+            panic!("not decoded")
+        };
+        assert_eq!(row.id, "0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            (
+                row.outcome.as_str(),
+                row.status.as_str(),
+                row.payout.as_str()
+            ),
+            ("accepted", "approved", "2.50")
+        );
+        assert_eq!(
+            (row.received_ms, row.received_at),
+            (1_772_604_000_000, 1_772_604_000)
+        );
+        assert_eq!(
+            (row.code.as_str(), row.tenant.as_str(), row.occurred_ms),
+            ("spring", "acme", 0)
+        );
+        // The same bytes on the clicks topic are not a click.
+        assert!(matches!(
+            record(topics::CLICKS, LEDGER.as_bytes()),
+            Decoded::Poison(_)
+        ));
+    }
+
+    #[test]
+    fn a_ledger_record_without_an_id_is_named_by_its_bytes() {
+        let old = LEDGER.replace(r#""id":"0123456789abcdef0123456789abcdef","#, "");
+        let id = |payload: &str| match conversion(payload.as_bytes()) {
+            Decoded::Conversion(row) => row.id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id(&old), id(&old));
+        assert_eq!(id(&old).len(), 32);
+        assert_ne!(id(&old), id(&old.replace("t1", "t2")));
+    }
+
+    #[test]
+    fn broken_ledger_records_are_dead_lettered() {
+        for (payload, label) in [
+            ("", "empty"),
+            ("{", "not_json"),
+            (r#"{"v":2,"outcome":"accepted"}"#, "version"),
+            (r#"{"v":1,"outcome":"sideways","network":"kt"}"#, "invalid"),
+        ] {
+            match conversion(payload.as_bytes()) {
+                Decoded::Poison(p) => assert_eq!(p.label(), label, "{payload}"),
+                other => panic!("{payload} decoded: {other:?}"),
+            }
+        }
+        let no_network = LEDGER.replace(r#""network":"kt""#, r#""network":"""#);
+        assert!(matches!(
+            conversion(no_network.as_bytes()),
             Decoded::Poison(Poison::Invalid(_))
         ));
     }
@@ -166,6 +297,7 @@ mod tests {
         #[test]
         fn any_bytes_decode_or_are_dead_lettered(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = click(&bytes);
+            let _ = conversion(&bytes);
         }
     }
 }

@@ -1,11 +1,13 @@
 //! `clickedge sink`: Kafka → ClickHouse.
 //!
-//! A consumer in group `[kafka] group_id` reads `clickedge.clicks`, gathers
+//! A consumer in group `[kafka] group_id` reads `clickedge.clicks` and
+//! `clickedge.conversions` (the postback ledgers of the edge nodes), gathers
 //! rows into a batch (`[sink] batch_rows`, `max_batch_bytes`,
 //! `batch_interval_ms`, whichever first), inserts the batch, and only then
 //! commits the batch's offsets. A failed insert is retried with backoff and
 //! nothing is committed meanwhile, so a crash at any point re-delivers
-//! rather than loses; `clicks` de-duplicates by `click_id`.
+//! rather than loses; queries count clicks by `click_id` and ledger records
+//! by their `id`, so re-delivered rows never count twice.
 //!
 //! Records that cannot be loaded (not JSON, another schema version, missing
 //! fields) go to the `dead_letters` table with the reason and the raw
@@ -34,6 +36,7 @@ use crate::config::{ClickHouseConfig, KafkaConfig, RetentionConfig, SinkConfig};
 use crate::server::{self, Body, HttpLimits};
 use crate::ship::topics;
 use crate::telemetry;
+use crate::warehouse::conversions::{ConversionRow, CONVERSIONS_TABLE};
 use crate::warehouse::{self, ClickRow, DeadLetterRow};
 use decode::Decoded;
 
@@ -147,7 +150,7 @@ pub async fn run(
     };
     tracing::info!(
         group = %cfg.kafka.group_id,
-        topic = topics::CLICKS,
+        topics = ?CONSUMED,
         partitions,
         "sink: consuming"
     );
@@ -201,7 +204,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Takes every partition of the clicks topic, each from a little before
+/// The topics the sink loads.
+const CONSUMED: [&str; 2] = [topics::CLICKS, topics::CONVERSIONS];
+
+/// Takes every partition of the consumed topics, each from a little before
 /// the group's committed offset (the earliest when there is none).
 ///
 /// Partitions are assigned, not balanced by the group protocol: a sink that
@@ -224,21 +230,24 @@ async fn assign_all(
     loop {
         let c = consumer.clone();
         let assigned = tokio::task::spawn_blocking(move || {
-            let md = c.fetch_metadata(Some(topics::CLICKS), KAFKA_CALL_TIMEOUT)?;
-            let n = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topics::CLICKS)
-                .map_or(0, |t| t.partitions().len());
-            if n == 0 {
-                return Err(KafkaError::MetadataFetch(
-                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                ));
-            }
             let mut all = TopicPartitionList::new();
-            for p in 0..n as i32 {
-                all.add_partition(topics::CLICKS, p);
+            for topic in CONSUMED {
+                let md = c.fetch_metadata(Some(topic), KAFKA_CALL_TIMEOUT)?;
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map_or(0, |t| t.partitions().len());
+                if n == 0 {
+                    return Err(KafkaError::MetadataFetch(
+                        rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                    ));
+                }
+                for p in 0..n as i32 {
+                    all.add_partition(topic, p);
+                }
             }
+            let n = all.count();
             let committed = c.committed_offsets(all, KAFKA_CALL_TIMEOUT)?;
             let mut tpl = TopicPartitionList::new();
             for e in committed.elements() {
@@ -268,7 +277,7 @@ async fn assign_all(
         match assigned {
             Ok(Ok(n)) => return Some(n),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "sink: cannot assign the clicks partitions yet; retrying")
+                tracing::warn!(error = %e, "sink: cannot assign the partitions yet; retrying")
             }
             Err(e) => tracing::warn!(error = %e, "sink: assignment task failed; retrying"),
         }
@@ -289,6 +298,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[derive(Default)]
 struct Batch {
     clicks: Vec<ClickRow>,
+    conversions: Vec<ConversionRow>,
     dead: Vec<DeadLetterRow>,
     /// Highest offset seen per (topic, partition).
     offsets: BTreeMap<(String, i32), i64>,
@@ -299,8 +309,9 @@ struct Batch {
 impl Batch {
     fn add(&mut self, m: &impl Message) {
         let payload = m.payload().unwrap_or_default();
-        match decode::click(payload) {
+        match decode::record(m.topic(), payload) {
             Decoded::Click(row) => self.clicks.push(*row),
+            Decoded::Conversion(row) => self.conversions.push(*row),
             Decoded::Poison(reason) => {
                 telemetry::sink_dead_letter(reason.label());
                 self.dead.push(DeadLetterRow {
@@ -323,11 +334,12 @@ impl Batch {
     }
 
     fn rows(&self) -> usize {
-        self.clicks.len() + self.dead.len()
+        self.clicks.len() + self.conversions.len() + self.dead.len()
     }
 
     fn clear(&mut self) {
         self.clicks.clear();
+        self.conversions.clear();
         self.dead.clear();
         self.offsets.clear();
         self.bytes = 0;
@@ -371,8 +383,8 @@ async fn flush(
     true
 }
 
-/// Clicks first: a retry after a failed dead-letter insert re-inserts only
-/// clicks, which de-duplicate; dead letters are counted plainly.
+/// Dead letters last: a retry re-inserts clicks, click ids and ledger
+/// records, which all de-duplicate; dead letters are counted plainly.
 async fn insert_batch(
     ch: &clickhouse::Client,
     batch: &Batch,
@@ -381,6 +393,14 @@ async fn insert_batch(
         let started = Instant::now();
         warehouse::insert(ch, warehouse::CLICKS_TABLE, &batch.clicks).await?;
         telemetry::sink_inserted("clicks", batch.clicks.len(), started.elapsed());
+        let started = Instant::now();
+        warehouse::insert_click_ids(ch, &batch.clicks).await?;
+        telemetry::sink_inserted("click_ids", batch.clicks.len(), started.elapsed());
+    }
+    if !batch.conversions.is_empty() {
+        let started = Instant::now();
+        warehouse::insert(ch, CONVERSIONS_TABLE, &batch.conversions).await?;
+        telemetry::sink_inserted("conversions", batch.conversions.len(), started.elapsed());
     }
     if !batch.dead.is_empty() {
         let started = Instant::now();

@@ -73,6 +73,25 @@ pub fn read_from<T: serde::de::DeserializeOwned>(
     first_line: usize,
     mut f: impl FnMut(T),
 ) -> Result<Read, ReadError> {
+    read_raw_from(path, offset, first_line, |line, json| {
+        let rec = serde_json::from_str(json).map_err(|e| ReadError::BadRecord {
+            line,
+            message: e.to_string(),
+        })?;
+        f(rec);
+        Ok(())
+    })
+}
+
+/// Hands the JSON text of every whole record of `path` after byte
+/// `offset` to `f`, in order, with its line number; stops at the first
+/// error `f` returns.
+pub fn read_raw_from(
+    path: &std::path::Path,
+    offset: u64,
+    first_line: usize,
+    mut f: impl FnMut(usize, &str) -> Result<(), ReadError>,
+) -> Result<Read, ReadError> {
     use std::io::{Read as _, Seek, SeekFrom};
     let mut buf = Vec::new();
     let mut file = std::fs::File::open(path)?;
@@ -87,13 +106,9 @@ pub fn read_from<T: serde::de::DeserializeOwned>(
     for frame in frames {
         match frame {
             Frame::Whole(json) => {
-                let rec = serde_json::from_str(json).map_err(|e| ReadError::BadRecord {
-                    line: first_line + read.records,
-                    message: e.to_string(),
-                })?;
+                f(first_line + read.records, json)?;
                 read.consumed += (json.len() + FRAME_OVERHEAD) as u64;
                 read.records += 1;
-                f(rec);
             }
             Frame::TornTail => read.torn = true,
             Frame::Corrupt { line } => return Err(ReadError::Corrupt { line }),

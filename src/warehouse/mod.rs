@@ -1,4 +1,5 @@
-//! ClickHouse: the client, the schema, retention, and the stats queries.
+//! ClickHouse: the client, the schema, retention, and the stats queries
+//! (conversions and the click-id lookup are in [`conversions`]).
 //!
 //! Everything here must run on ClickHouse 18.16 (Debian's package) and on
 //! current releases alike: no `DateTime64`, `LowCardinality`, `Bool` or TTL
@@ -7,6 +8,9 @@
 //! and every count is an exact distinct count of `click_id`: a re-delivered
 //! click never counts twice, merged yet or not.
 
+pub mod conversions;
+
+use std::future::Future;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
@@ -18,7 +22,12 @@ use crate::stats::{Counts, Interval, SeriesPoint};
 pub const CLICKS_TABLE: &str = "clicks";
 pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 /// Tables whose day partitions retention drops.
-const RETAINED_TABLES: &[&str] = &[CLICKS_TABLE, DEAD_LETTERS_TABLE];
+const RETAINED_TABLES: &[&str] = &[
+    CLICKS_TABLE,
+    DEAD_LETTERS_TABLE,
+    conversions::CONVERSIONS_TABLE,
+    conversions::CLICK_IDS_TABLE,
+];
 /// Longest a stats query may take before the admin API answers 503.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(8);
 /// An insert whose chunks or final answer take longer fails and is retried:
@@ -52,7 +61,7 @@ fn server_client(cfg: &ClickHouseConfig) -> Client {
 
 /// The DDL, in order. Idempotent.
 pub fn schema(database: &str) -> Vec<String> {
-    vec![
+    let mut ddl = vec![
         format!("CREATE DATABASE IF NOT EXISTS {database}"),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.{CLICKS_TABLE} (
@@ -86,7 +95,9 @@ pub fn schema(database: &str) -> Vec<String> {
             PARTITION BY toYYYYMMDD(received_at)
             ORDER BY (topic, kafka_partition, kafka_offset)"
         ),
-    ]
+    ];
+    ddl.extend(conversions::schema(database));
+    ddl
 }
 
 /// Creates the database and tables if missing.
@@ -150,10 +161,13 @@ where
 pub fn retained_parts_sql(database: &str) -> String {
     format!(
         "SELECT DISTINCT table, partition FROM system.parts \
-         WHERE database = {} AND active AND table IN ({}, {}) ORDER BY table, partition",
+         WHERE database = {} AND active AND table IN ({}) ORDER BY table, partition",
         quote(database),
-        quote(RETAINED_TABLES[0]),
-        quote(RETAINED_TABLES[1]),
+        RETAINED_TABLES
+            .iter()
+            .map(|t| quote(t))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 
@@ -198,6 +212,37 @@ pub async fn apply_retention(
         }
     }
     Ok(dropped)
+}
+
+/// Runs one read within [`QUERY_TIMEOUT`].
+async fn run_query<T>(
+    query: impl Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, WarehouseError> {
+    tokio::time::timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| WarehouseError::Timeout(QUERY_TIMEOUT))?
+        .map_err(WarehouseError::from)
+}
+
+/// Inserts the click-id lookup entries of `clicks` as one INSERT.
+pub async fn insert_click_ids(client: &Client, clicks: &[ClickRow]) -> Result<(), WarehouseError> {
+    let mut insert = client
+        .insert::<conversions::ClickIdRow<'static>>(conversions::CLICK_IDS_TABLE)
+        .await?
+        .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
+    for c in clicks {
+        let row = conversions::ClickIdRow {
+            click_id: &c.click_id,
+            ts: c.ts,
+            ts_ms: c.ts_ms,
+            tenant: &c.tenant,
+            code: &c.code,
+            bot: c.bot,
+        };
+        insert.write(&row).await?;
+    }
+    insert.end().await?;
+    Ok(())
 }
 
 /// A ClickHouse string literal.
