@@ -76,7 +76,8 @@ const HOUR: i64 = 3_600_000;
 /// - `t2`: `unknown_click` on n2 for click `c`, which has loaded since;
 /// - `t0`: first received the day before, approved on the day: outside a
 ///   range starting on the day;
-/// - two `bad_auth` refusals, one delivered twice.
+/// - two `bad_auth` refusals, one delivered twice;
+/// - `t5`: accepted for link `y`, left out of link `x`'s scope.
 fn ledger_rows() -> Vec<String> {
     #[allow(clippy::too_many_arguments)]
     let rec = |id: &str,
@@ -138,6 +139,7 @@ fn ledger_rows() -> Vec<String> {
         rec("r7", 11, "bad_auth", "", "", "", "", "", "n1"),
         rec("r7", 11, "bad_auth", "", "", "", "", "", "n1"),
         rec("r8", 12, "bad_auth", "", "", "", "", "", "n2"),
+        rec("r9", 13, "accepted", "t5", "pending", "1", "d", "y", "n1"),
     ]
 }
 
@@ -286,16 +288,23 @@ fn schema_stats_and_retention_sql_agree_on_clickhouse_18_and_current() {
         "c\t1772600400000",
     );
     let t1 = format!(
-        "kt\tt1\tpending\t{}\taccepted\t1.50\tUSD\t{click_a}\tx\tacme\t2\n\
-         kt\tt1\tapproved\t{}\tstatus_change\t2.25\tUSD\t{click_a}\tx\tacme\t1",
+        "kt\tt1\tpending\t{}\taccepted\t1.50\tUSD\t{click_a}\tx\tacme\t{}\t2\n\
+         kt\tt1\tapproved\t{}\tstatus_change\t2.25\tUSD\t{click_a}\tx\tacme\t{}\t1",
         h(7),
+        h(9),
+        h(8),
         h(8)
     );
     let t2 = format!(
-        "kt\tt2\tpending\t{}\tunknown_click\t3\tUSD\t{click_c}\t\t\t1",
+        "kt\tt2\tpending\t{}\tunknown_click\t3\tUSD\t{click_c}\t\t\t0\t1",
         h(10)
     );
-    assert_eq!(old[q + 4].trim(), format!("{t1}\n{t2}"));
+    let t5 = format!(
+        "kt\tt5\tpending\t{}\taccepted\t1\tUSD\td\t1772600400000\ty\tacme\t{}\t1",
+        h(13),
+        h(13)
+    );
+    assert_eq!(old[q + 4].trim(), format!("{t1}\n{t2}\n{t5}"));
     // Another tenant sees only what is unmatched (resolved by the caller).
     assert_eq!(old[q + 5].trim(), t2);
     // One link: its matched conversions, and the unmatched.

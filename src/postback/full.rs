@@ -30,6 +30,8 @@ use crate::warehouse::WarehouseError;
 
 /// How long a postback waits for ClickHouse to find its click.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// One line per this interval while ClickHouse lookups fail.
+const LOOKUP_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// This node's click index, then ClickHouse.
 pub struct WarehouseClicks {
@@ -46,7 +48,7 @@ impl WarehouseClicks {
             local,
             client,
             runtime,
-            errors: Throttle::new(Duration::from_secs(10)),
+            errors: Throttle::new(LOOKUP_ERROR_LOG_EVERY),
         }
     }
 }
@@ -89,7 +91,11 @@ fn conversion(groups: &[StatusGroup]) -> Option<Conversion> {
     let mut seen = 0u8;
     let mut status = Status::Pending;
     for (i, g) in groups.iter().enumerate() {
-        status = Status::parse(&g.status)?;
+        let Some(s) = Status::parse(&g.status) else {
+            tracing::warn!(network = %g.network, status = %g.status, "reconciliation: a conversion with a status this build does not know is left out");
+            return None;
+        };
+        status = s;
         seen |= status.bit();
         let outcome = match (g.first_outcome.as_str(), i) {
             ("unknown_click", _) => Outcome::UnknownClick,
@@ -99,7 +105,11 @@ fn conversion(groups: &[StatusGroup]) -> Option<Conversion> {
         counts[outcome as usize] += 1;
         counts[Outcome::Duplicate as usize] += g.records.saturating_sub(1);
     }
-    let matched = groups.iter().find(|g| !g.matched_code.is_empty());
+    // The link of the latest record that matched, as one ledger keeps it.
+    let matched = groups
+        .iter()
+        .filter(|g| !g.matched_code.is_empty())
+        .max_by_key(|g| g.matched_ms);
     Some(Conversion {
         network: first.network.clone(),
         txn_id: first.txn_id.clone(),
@@ -248,6 +258,7 @@ mod tests {
             first_click_ts_ms: 5,
             matched_code: code.into(),
             matched_tenant: if code.is_empty() { "" } else { "acme" }.into(),
+            matched_ms: if code.is_empty() { 0 } else { first_ms },
             records,
         }
     }

@@ -228,12 +228,18 @@ impl LedgerSink for FileSink {
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        self.len += buf.len() as u64;
-        self.unsynced = true;
         if durable {
-            self.file.sync_data()?;
+            if let Err(e) = self.file.sync_data() {
+                // Answered 503 ("nothing recorded"): make it so, or the
+                // network's retry would be a second record of one postback.
+                let _ = self.file.set_len(self.len);
+                return Err(e);
+            }
             self.unsynced = false;
+        } else {
+            self.unsynced = true;
         }
+        self.len += buf.len() as u64;
         Ok(())
     }
 }
@@ -384,10 +390,21 @@ impl Ledger {
             return self.record(rec);
         }
         let key = (network.name.clone(), fields.txn_id.clone());
-        // The common retry is answered from memory, without a lookup.
-        let dup = Self::duplicate(&self.lock().state, &key, &fields);
-        if let Some(dup) = dup {
-            return self.record(dup.applied_to(rec));
+        {
+            let mut inner = self.lock();
+            // The common retry is answered from memory, without a lookup.
+            if let Some(dup) = Self::duplicate(&inner.state, &key, &fields) {
+                return Self::append(&mut inner, dup.applied_to(rec));
+            }
+            // A new status of a conversion already matched to this click
+            // keeps its link: no lookup (and no ClickHouse round trip).
+            let known = inner.state.conversions.get(&key);
+            if let Some(c) = known.filter(|c| c.code.is_some() && c.click_id == fields.click_id) {
+                rec.outcome = Outcome::StatusChange;
+                rec.code = c.code.clone();
+                rec.tenant = c.tenant.clone();
+                return Self::append(&mut inner, rec);
+            }
         }
         // The lookup may ask ClickHouse (full mode): never under the lock.
         let click = self.clicks.find(&fields.click_id, click_ts);
@@ -557,6 +574,49 @@ mod tests {
             all.iter().filter(|o| **o == Outcome::Duplicate).count(),
             199
         );
+    }
+
+    /// Finds every click once; asked again, finds nothing (a ClickHouse
+    /// that stopped answering).
+    struct FoundOnce(std::sync::atomic::AtomicUsize);
+
+    impl ClickLookup for FoundOnce {
+        fn find(&self, id: &str, ts_ms: i64) -> Option<ClickRef> {
+            let asked = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (asked == 0).then(|| AllKnown.find(id, ts_ms)).flatten()
+        }
+    }
+
+    #[test]
+    fn a_status_change_keeps_the_link_its_conversion_matched_without_a_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let lookups = Arc::new(FoundOnce(Default::default()));
+        let l = Ledger::open(
+            dir.path(),
+            lookups.clone(),
+            ClickIds::new(&MasterKey::for_tests()),
+            "node".into(),
+        )
+        .unwrap();
+        let net = network();
+        let Submission::Fields(first) = fields("a", Status::Pending, "1") else {
+            unreachable!()
+        };
+        let later = Fields {
+            status: Status::Approved,
+            ..first.clone()
+        };
+        let pending = l.process(&net, Submission::Fields(first), NOW).unwrap();
+        assert_eq!(pending.outcome, Outcome::Accepted);
+        let approved = l.process(&net, Submission::Fields(later), NOW).unwrap();
+        assert_eq!(approved.outcome, Outcome::StatusChange);
+        assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        l.read(|s| {
+            assert_eq!(
+                s.conversions[&("n".into(), "a".into())].code.as_deref(),
+                Some("c")
+            )
+        });
     }
 
     #[test]

@@ -31,6 +31,9 @@ use crate::telemetry;
 const POSITION_FILE: &str = "ship.ledger.position";
 /// Pause between looks at the ledger when nothing is new.
 const IDLE: Duration = Duration::from_millis(200);
+/// Records per round: a round's progress is saved as a whole, so rounds
+/// stay small enough that one bad record holds back little behind it.
+const ROUND_MAX_RECORDS: usize = 1000;
 /// How long one wait for delivery reports lasts before the stop flag is
 /// looked at again.
 const FLUSH_SLICE: Duration = Duration::from_secs(1);
@@ -81,10 +84,7 @@ pub fn spawn(cfg: ShipperConfig) -> Result<LedgerShipperHandle, ShipError> {
     let thread = std::thread::Builder::new()
         .name("ledger-shipper".into())
         .spawn(move || shipper.run())
-        .map_err(|source| ShipError::Position {
-            path: "thread".into(),
-            source,
-        })?;
+        .map_err(ShipError::Thread)?;
     Ok(LedgerShipperHandle {
         stop,
         thread: Some(thread),
@@ -212,19 +212,13 @@ impl LedgerShipper {
         ctx.failed.store(0, Ordering::Relaxed);
         let out_of_time = || self.out_of_time();
         let mut sent = 0usize;
-        let mut refused = None;
-        let read = record_log::read_raw_from(&self.ledger, self.position, 1, |_, json| {
-            match send(p, json, &out_of_time) {
-                Ok(()) => {
-                    sent += 1;
-                    Ok(())
-                }
-                Err(e) => {
-                    refused = Some(e);
-                    // Stops the read; `refused` says why.
-                    Err(ReadError::Io(std::io::ErrorKind::Interrupted.into()))
-                }
+        let read = record_log::read_raw_from(&self.ledger, self.position, 0, |_, json| {
+            if sent == ROUND_MAX_RECORDS {
+                return Ok(false);
             }
+            send(p, json, &out_of_time)?;
+            sent += 1;
+            Ok::<_, RoundError>(true)
         });
         // Every record handed over resolves before anything is decided, so
         // the next round's reports are its own.
@@ -234,14 +228,12 @@ impl LedgerShipper {
                 return Err(RoundError::Stopped);
             }
         }
-        let read = match (refused, read) {
-            (Some(e), _) => return Err(e),
+        let read = match read {
             // No ledger yet: nothing to ship.
-            (None, Err(ReadError::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(RoundError::Read(ReadError::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(0)
             }
-            (None, Err(e)) => return Err(e.into()),
-            (None, Ok(read)) => read,
+            other => other?,
         };
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {

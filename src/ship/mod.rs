@@ -69,6 +69,8 @@ pub enum ShipError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot start the shipper thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What `serve` needs to run the shipper.
@@ -144,10 +146,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("kafka-shipper".into())
         .spawn(move || shipper.run())
-        .map_err(|source| ShipError::Position {
-            path: "thread".into(),
-            source,
-        })?;
+        .map_err(ShipError::Thread)?;
     Ok(ShipperHandle {
         stop,
         thread: Some(thread),

@@ -79,24 +79,25 @@ pub fn read_from<T: serde::de::DeserializeOwned>(
             message: e.to_string(),
         })?;
         f(rec);
-        Ok(())
+        Ok(true)
     })
 }
 
 /// Hands the JSON text of every whole record of `path` after byte
-/// `offset` to `f`, in order, with its line number; stops at the first
-/// error `f` returns.
-pub fn read_raw_from(
+/// `offset` to `f`, in order, with its line number. `f` answers whether it
+/// took the record; the first `false` or error ends the read, and only
+/// the records taken before it count as read.
+pub fn read_raw_from<E: From<ReadError>>(
     path: &std::path::Path,
     offset: u64,
     first_line: usize,
-    mut f: impl FnMut(usize, &str) -> Result<(), ReadError>,
-) -> Result<Read, ReadError> {
+    mut f: impl FnMut(usize, &str) -> Result<bool, E>,
+) -> Result<Read, E> {
     use std::io::{Read as _, Seek, SeekFrom};
     let mut buf = Vec::new();
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_to_end(&mut buf)?;
+    let mut file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(ReadError::Io)?;
+    file.read_to_end(&mut buf).map_err(ReadError::Io)?;
     let (frames, complete) = decode(&buf, first_line);
     let mut read = Read {
         consumed: 0,
@@ -106,12 +107,14 @@ pub fn read_raw_from(
     for frame in frames {
         match frame {
             Frame::Whole(json) => {
-                f(first_line + read.records, json)?;
+                if !f(first_line + read.records, json)? {
+                    break;
+                }
                 read.consumed += (json.len() + FRAME_OVERHEAD) as u64;
                 read.records += 1;
             }
             Frame::TornTail => read.torn = true,
-            Frame::Corrupt { line } => return Err(ReadError::Corrupt { line }),
+            Frame::Corrupt { line } => return Err(ReadError::Corrupt { line }.into()),
         }
     }
     Ok(read)

@@ -69,6 +69,15 @@ pub fn schema(database: &str) -> [String; 2] {
     ]
 }
 
+/// Fills `click_ids` from `clicks`: once, when the table is new (clicks
+/// loaded before it existed must match too).
+pub fn backfill_click_ids_sql(database: &str) -> String {
+    format!(
+        "INSERT INTO {database}.{CLICK_IDS_TABLE} \
+         SELECT click_id, ts, ts_ms, tenant, code, bot FROM {database}.{CLICKS_TABLE}"
+    )
+}
+
 /// One ledger record as stored. Absent fields are empty strings and zeros
 /// (no `Nullable`, which costs a column per field on old servers).
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,41 +140,54 @@ pub struct StatusGroup {
     pub first_currency: String,
     pub first_click_id: String,
     pub first_click_ts_ms: i64,
-    /// The link, when any record of the group had matched its click.
+    /// The link named by the group's latest record that had matched its
+    /// click (empty when none had), and when that record was received.
     pub matched_code: String,
     pub matched_tenant: String,
+    pub matched_ms: i64,
     pub records: u64,
 }
 
 /// The status groups of every conversion in `scope`, ordered by
 /// conversion and first receipt.
+///
+/// Which conversions: those with a record in `[from, to)` and none before
+/// `from`. Both subqueries are bounded by partition (`received_at`) and,
+/// for the earlier records, by the table's key `(network, txn_id, …)`, so a
+/// query reads the range's days plus index lookups, not the whole table.
+/// Their records from `from` on (later status changes included) are then
+/// grouped by status.
 pub fn status_groups_sql(scope: &Scope<'_>) -> String {
     let network = scope
         .network
         .map(|n| format!(" AND network = {}", quote(n)))
         .unwrap_or_default();
-    // Which conversions: their first record in range. Records at or after
-    // `to` cannot change whether it is, so partitions after `to` are
-    // skipped; every earlier one is read (a first record may be old).
-    let until = format!(
-        "received_at <= toDateTime({}, 'UTC')",
-        scope.to_ms.div_euclid(1000).max(0)
+    let (from_s, to_s) = (
+        scope.from_ms.div_euclid(1000).max(0),
+        scope.to_ms.div_euclid(1000).max(0),
     );
-    // Their records: none is older than the conversion's first, so
-    // partitions before `from` are skipped.
-    let since = format!(
-        "received_at >= toDateTime({}, 'UTC')",
-        scope.from_ms.div_euclid(1000).max(0)
-    );
-    let matched = match (scope.link, scope.tenant) {
+    let (from, to) = (scope.from_ms, scope.to_ms);
+    // Conversion-level scope: the link of the latest matched record, or
+    // none yet (the caller looks those up again and filters them).
+    let latest = |col: &str| format!("argMaxIf({col}, received_ms, code != '')");
+    let having = match (scope.link, scope.tenant) {
         (Some((tenant, code)), _) => format!(
-            " AND ((tenant = {} AND code = {}) OR code = '')",
+            " HAVING ({} = {} AND {} = {}) OR max(code) = ''",
+            latest("tenant"),
             quote(tenant),
+            latest("code"),
             quote(code)
         ),
-        (None, Some(tenant)) => format!(" AND tenant IN ({}, '')", quote(tenant)),
+        (None, Some(tenant)) => format!(" HAVING {} IN ({}, '')", latest("tenant"), quote(tenant)),
         (None, None) => String::new(),
     };
+    let candidates = format!(
+        "SELECT network, txn_id FROM {CONVERSIONS_TABLE} \
+         WHERE outcome IN {VALID}{network} \
+           AND received_at >= toDateTime({from_s}, 'UTC') AND received_at <= toDateTime({to_s}, 'UTC') \
+           AND received_ms >= {from} AND received_ms < {to} \
+         GROUP BY network, txn_id{having}"
+    );
     format!(
         "SELECT network, txn_id, status, \
            toInt64(min(received_ms)) AS first_ms, \
@@ -174,20 +196,22 @@ pub fn status_groups_sql(scope: &Scope<'_>) -> String {
            argMin(currency, received_ms) AS first_currency, \
            argMin(click_id, received_ms) AS first_click_id, \
            toInt64(argMin(click_ts_ms, received_ms)) AS first_click_ts_ms, \
-           max(code) AS matched_code, \
-           max(tenant) AS matched_tenant, \
+           {} AS matched_code, \
+           {} AS matched_tenant, \
+           toInt64(maxIf(received_ms, code != '')) AS matched_ms, \
            uniqExact(id) AS records \
          FROM {CONVERSIONS_TABLE} \
-         WHERE outcome IN {VALID} AND {since}{network}{matched} \
-           AND (network, txn_id) IN ( \
+         WHERE outcome IN {VALID}{network} AND received_at >= toDateTime({from_s}, 'UTC') \
+           AND (network, txn_id) IN ({candidates}) \
+           AND (network, txn_id) NOT IN ( \
              SELECT network, txn_id FROM {CONVERSIONS_TABLE} \
-             WHERE outcome IN {VALID} AND {until}{network} \
-             GROUP BY network, txn_id \
-             HAVING min(received_ms) >= {from} AND min(received_ms) < {to}) \
+             WHERE outcome IN {VALID}{network} \
+               AND received_at <= toDateTime({from_s}, 'UTC') AND received_ms < {from} \
+               AND (network, txn_id) IN ({candidates})) \
          GROUP BY network, txn_id, status \
          ORDER BY network, txn_id, first_ms",
-        from = scope.from_ms,
-        to = scope.to_ms,
+        latest("code"),
+        latest("tenant"),
     )
 }
 

@@ -103,8 +103,21 @@ pub fn schema(database: &str) -> Vec<String> {
 /// Creates the database and tables if missing.
 pub async fn ensure_schema(cfg: &ClickHouseConfig) -> Result<(), WarehouseError> {
     let server = server_client(cfg);
+    let had_click_ids: u64 = server
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .bind(&cfg.database)
+        .bind(conversions::CLICK_IDS_TABLE)
+        .fetch_one()
+        .await?;
     for ddl in schema(&cfg.database) {
         server.query(&ddl).execute().await?;
+    }
+    if had_click_ids == 0 {
+        server
+            .query(&conversions::backfill_click_ids_sql(&cfg.database))
+            .execute()
+            .await?;
+        tracing::info!("warehouse: click_ids created and filled from clicks");
     }
     Ok(())
 }
