@@ -464,8 +464,18 @@ pub fn ship_ledger(delivered: u64, backlog_bytes: u64) {
     gauge!(SHIP_LEDGER_BACKLOG_BYTES).set(backlog_bytes as f64);
 }
 
-pub fn kafka_client_error() {
+/// A Kafka client's error callback: counted always, logged at most once
+/// per `throttle` interval (librdkafka repeats them while a broker is down).
+pub fn kafka_client_error(
+    throttle: &Throttle,
+    error: &rdkafka::error::KafkaError,
+    reason: &str,
+    meanwhile: &'static str,
+) {
     counter!(KAFKA_CLIENT_ERRORS).increment(1);
+    if throttle.allow() {
+        tracing::warn!(%error, reason, meanwhile, "kafka client error");
+    }
 }
 
 pub fn sink_inserted(table: &'static str, rows: usize, took: Duration) {

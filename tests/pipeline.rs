@@ -509,17 +509,7 @@ fn postback(server: &Server, query: &str) -> (u16, String) {
 /// A browser click on `code`; returns its click id.
 fn click_once(server: &Server, code: &str) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let r = common::client()
-            .get(server.edge_url(&format!("/{code}")))
-            .header("user-agent", BROWSER_UA)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 302);
-        let cookie = r.headers()["set-cookie"].to_str().unwrap();
-        cookie["ce_click=".len()..cookie.find(';').unwrap()].to_owned()
-    })
+    rt.block_on(common::browser_click(&common::client(), server, code))
 }
 
 fn ledger_records(server: &Server) -> usize {

@@ -124,16 +124,7 @@ async fn click(api: &Api<'_>, code: &str) -> String {
     let clicks = |v: &Value| v["clicks"].as_u64().unwrap();
     let stats = format!("/v1/links/{code}/stats");
     let before = clicks(&api.get(&stats).await.1);
-    let r = api
-        .http
-        .get(api.server.edge_url(&format!("/{code}")))
-        .header("user-agent", BROWSER_UA)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 302);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap();
-    let id = cookie["ce_click=".len()..cookie.find(';').unwrap()].to_owned();
+    let id = common::browser_click(&api.http, api.server, code).await;
     let deadline = Instant::now() + PATIENCE;
     while clicks(&api.get(&stats).await.1) <= before {
         assert!(Instant::now() < deadline, "click never recorded");

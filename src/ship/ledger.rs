@@ -104,10 +104,12 @@ impl ClientContext for LedgerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        telemetry::kafka_client_error();
-        if self.errors.allow() {
-            tracing::warn!(%error, reason, "ship: kafka client error (postback records wait in the ledger)");
-        }
+        telemetry::kafka_client_error(
+            &self.errors,
+            &error,
+            reason,
+            "postback records wait in the ledger",
+        );
     }
 }
 

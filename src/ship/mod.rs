@@ -251,10 +251,7 @@ impl ClientContext for ShipContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        telemetry::kafka_client_error();
-        if self.errors.allow() {
-            tracing::warn!(%error, reason, "ship: kafka client error (clicks wait in the local log)");
-        }
+        telemetry::kafka_client_error(&self.errors, &error, reason, "clicks wait in the local log");
     }
 }
 

@@ -538,10 +538,7 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        telemetry::kafka_client_error();
-        if self.errors.allow() {
-            tracing::warn!(%error, reason, "sink: kafka client error");
-        }
+        telemetry::kafka_client_error(&self.errors, &error, reason, "the sink retries");
     }
 }
 

@@ -368,3 +368,17 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A browser's click on `code` at `server`'s edge: asserts the redirect and
+/// returns the click id from its cookie.
+pub async fn browser_click(http: &reqwest::Client, server: &Server, code: &str) -> String {
+    let r = http
+        .get(server.edge_url(&format!("/{code}")))
+        .header("user-agent", BROWSER_UA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    cookie["ce_click=".len()..cookie.find(';').unwrap()].to_owned()
+}
