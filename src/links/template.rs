@@ -33,12 +33,35 @@ const PASSTHROUGH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'^');
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Lit(Box<str>),
+/// Longest destination whose macros and parameter names a template can
+/// mark (positions are `u16`). Validated destinations are far shorter
+/// (`validate::MAX_DESTINATION_BYTES`); a longer one compiles to a template
+/// that copies it as it is.
+pub const MAX_TEMPLATE_BYTES: usize = u16::MAX as usize;
+
+/// What a marked range of the destination is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
     ClickId,
     Code,
     Sub,
+    /// The raw name of one of the destination's own query parameters.
+    Param,
+}
+
+/// A byte range of the destination: a macro to substitute, or a parameter
+/// name. Six bytes, so a typical template is one small allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    start: u16,
+    end: u16,
+    kind: Kind,
+}
+
+impl Mark {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
 }
 
 /// Per-request values substituted into a template.
@@ -50,74 +73,134 @@ pub struct Vars<'a> {
     pub sub: &'a str,
 }
 
+/// A compiled destination. It holds no text of its own: the marks are
+/// ranges of the destination, which the caller passes to [`render_into`]
+/// (the link keeps the one copy).
+///
+/// [`render_into`]: Template::render_into
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    /// Everything before the fragment.
-    head: Box<[Piece]>,
-    /// `#...` or empty.
-    fragment: Box<[Piece]>,
-    /// What to put between `head` and the first passed-through parameter.
-    query_joiner: &'static str,
-    /// Decoded names of the destination's own query parameters.
-    dest_params: Box<[Box<str>]>,
+    /// The macros in order, then the destination's parameter names.
+    marks: Box<[Mark]>,
+    /// How many of `marks` are macros.
+    macros: u16,
+    /// Length of everything before the fragment (`#...`).
+    head_len: u16,
+    /// What to put between the head and the first passed-through parameter.
+    query_joiner: Joiner,
     passthrough: bool,
-    literal_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joiner {
+    /// The destination has no query: `?`.
+    Question,
+    /// Its query is empty or ends in `&`: nothing.
+    Nothing,
+    /// `&`.
+    Ampersand,
+}
+
+impl Joiner {
+    fn as_str(self) -> &'static str {
+        match self {
+            Joiner::Question => "?",
+            Joiner::Nothing => "",
+            Joiner::Ampersand => "&",
+        }
+    }
 }
 
 impl Template {
     /// Compiles a normalised destination.
     pub fn compile(destination: &str, passthrough: bool) -> Template {
-        let (head, fragment) = match destination.find('#') {
-            Some(i) => destination.split_at(i),
-            None => (destination, ""),
+        if destination.len() > MAX_TEMPLATE_BYTES {
+            return Template {
+                marks: Box::default(),
+                macros: 0,
+                head_len: 0,
+                query_joiner: Joiner::Nothing,
+                passthrough,
+            };
+        }
+        let head_len = destination.find('#').unwrap_or(destination.len());
+        let head = &destination[..head_len];
+        let query_start = head.find('?').map(|i| i + 1);
+        let query_joiner = match query_start.map(|i| &head[i..]) {
+            None => Joiner::Question,
+            Some(q) if q.is_empty() || q.ends_with('&') => Joiner::Nothing,
+            Some(_) => Joiner::Ampersand,
         };
-        let query = head.split_once('?').map(|(_, q)| q);
-        let query_joiner = match query {
-            None => "?",
-            Some(q) if q.is_empty() || q.ends_with('&') => "",
-            Some(_) => "&",
-        };
-        let dest_params = query
-            .map(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, _)| k.into_owned().into_boxed_str())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut marks = macro_marks(destination);
+        let macros = marks.len();
+        if let Some(q) = query_start {
+            // Each non-empty `&`-separated pair's name, as
+            // `application/x-www-form-urlencoded` parsing splits them.
+            let mut at = q;
+            for pair in head[q..].split('&') {
+                if !pair.is_empty() {
+                    let name_len = pair.find('=').unwrap_or(pair.len());
+                    marks.push(Mark {
+                        start: at as u16,
+                        end: (at + name_len) as u16,
+                        kind: Kind::Param,
+                    });
+                }
+                at += pair.len() + 1;
+            }
+        }
         Template {
-            head: split_macros(head),
-            fragment: split_macros(fragment),
+            marks: marks.into_boxed_slice(),
+            macros: macros as u16,
+            head_len: head_len as u16,
             query_joiner,
-            dest_params,
             passthrough,
-            literal_len: destination.len(),
         }
     }
 
-    /// Builds the `Location` for one request. `query` is the raw request
-    /// query; bytes a `Location` must not carry are percent-encoded.
-    pub fn render(&self, vars: &Vars<'_>, query: Option<&str>) -> String {
-        let mut out = String::with_capacity(self.capacity_hint(vars, query));
-        self.render_into(vars, query, &mut out);
+    /// Whether the request's query parameters are appended.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Builds the `Location` for one request. `destination` is the one the
+    /// template was compiled from; `query` is the raw request query.
+    pub fn render(&self, destination: &str, vars: &Vars<'_>, query: Option<&str>) -> String {
+        let mut out = String::with_capacity(self.capacity_hint(destination, vars, query));
+        self.render_into(destination, vars, query, &mut out);
         out
     }
 
     /// Upper bound of the rendered length, for sizing buffers.
-    fn capacity_hint(&self, vars: &Vars<'_>, query: Option<&str>) -> usize {
-        self.literal_len
+    fn capacity_hint(&self, destination: &str, vars: &Vars<'_>, query: Option<&str>) -> usize {
+        destination.len()
             + 2 * vars.click_id.len()
             + vars.sub.len() * 3
             + query.map_or(0, str::len)
             + 2
     }
 
-    /// Appends the `Location` for one request to `out`.
-    pub fn render_into(&self, vars: &Vars<'_>, query: Option<&str>, out: &mut String) {
+    /// Appends the `Location` for one request to `out`; bytes a `Location`
+    /// must not carry are percent-encoded.
+    pub fn render_into(
+        &self,
+        destination: &str,
+        vars: &Vars<'_>,
+        query: Option<&str>,
+        out: &mut String,
+    ) {
+        if destination.len() > MAX_TEMPLATE_BYTES {
+            out.push_str(destination);
+            return;
+        }
         let query = query.filter(|_| self.passthrough).unwrap_or("");
-        push_pieces(out, &self.head, vars);
-        let mut joiner = self.query_joiner;
+        let head_len = usize::from(self.head_len);
+        let macros = &self.marks[..usize::from(self.macros)];
+        let in_head = macros.partition_point(|m| usize::from(m.start) < head_len);
+        push_pieces(out, destination, 0..head_len, &macros[..in_head], vars);
+        let mut joiner = self.query_joiner.as_str();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if self.destination_has(pair) {
+            if self.destination_has(destination, pair) {
                 continue;
             }
             out.push_str(joiner);
@@ -127,28 +210,48 @@ impl Template {
             ));
             joiner = "&";
         }
-        push_pieces(out, &self.fragment, vars);
+        push_pieces(
+            out,
+            destination,
+            head_len..destination.len(),
+            &macros[in_head..],
+            vars,
+        );
     }
 
-    fn destination_has(&self, pair: &str) -> bool {
-        if self.dest_params.is_empty() {
+    fn destination_has(&self, destination: &str, pair: &str) -> bool {
+        let params = &self.marks[usize::from(self.macros)..];
+        if params.is_empty() {
             return false;
         }
         let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
         let key = decode_component(raw_key);
-        self.dest_params.iter().any(|p| **p == *key)
+        params
+            .iter()
+            .any(|p| decode_component(&destination[p.range()]) == key)
     }
 }
 
-fn push_pieces(out: &mut String, pieces: &[Piece], vars: &Vars<'_>) {
-    for piece in pieces {
-        match piece {
-            Piece::Lit(s) => out.push_str(s),
-            Piece::ClickId => out.push_str(vars.click_id),
-            Piece::Code => out.push_str(vars.code),
-            Piece::Sub => out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE)),
+/// Copies `range` of the destination, substituting the macros in it.
+fn push_pieces(
+    out: &mut String,
+    destination: &str,
+    range: std::ops::Range<usize>,
+    macros: &[Mark],
+    vars: &Vars<'_>,
+) {
+    let mut at = range.start;
+    for m in macros {
+        out.push_str(&destination[at..usize::from(m.start)]);
+        match m.kind {
+            Kind::ClickId => out.push_str(vars.click_id),
+            Kind::Code => out.push_str(vars.code),
+            Kind::Sub => out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE)),
+            Kind::Param => unreachable!("parameter names are not macros"),
         }
+        at = usize::from(m.end);
     }
+    out.push_str(&destination[at..range.end]);
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component, borrowing
@@ -177,36 +280,32 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str
         .next()
 }
 
-const MACROS: [(&str, Piece); 3] = [
-    ("click_id", Piece::ClickId),
-    ("code", Piece::Code),
-    ("sub", Piece::Sub),
+const MACROS: [(&str, Kind); 3] = [
+    ("click_id", Kind::ClickId),
+    ("code", Kind::Code),
+    ("sub", Kind::Sub),
 ];
 
-/// Splits a string into literals and macros, accepting `{m}` and `%7Bm%7D`.
-fn split_macros(s: &str) -> Box<[Piece]> {
-    let mut pieces = Vec::new();
-    let mut lit_start = 0;
+/// The macros of `s` in order, accepting `{m}` and `%7Bm%7D`.
+fn macro_marks(s: &str) -> Vec<Mark> {
+    let mut marks = Vec::new();
     let mut i = 0;
     while i < s.len() {
-        if let Some((piece, len)) = macro_at(&s[i..]) {
-            if lit_start < i {
-                pieces.push(Piece::Lit(s[lit_start..i].into()));
-            }
-            pieces.push(piece);
+        if let Some((kind, len)) = macro_at(&s[i..]) {
+            marks.push(Mark {
+                start: i as u16,
+                end: (i + len) as u16,
+                kind,
+            });
             i += len;
-            lit_start = i;
         } else {
             i += s[i..].chars().next().map_or(1, char::len_utf8);
         }
     }
-    if lit_start < s.len() {
-        pieces.push(Piece::Lit(s[lit_start..].into()));
-    }
-    pieces.into_boxed_slice()
+    marks
 }
 
-fn macro_at(s: &str) -> Option<(Piece, usize)> {
+fn macro_at(s: &str) -> Option<(Kind, usize)> {
     let bytes = s.as_bytes();
     let (open_len, close): (usize, &[u8]) = if bytes.starts_with(b"{") {
         (1, b"}")
@@ -216,10 +315,10 @@ fn macro_at(s: &str) -> Option<(Piece, usize)> {
         return None;
     };
     let rest = &bytes[open_len..];
-    MACROS.iter().find_map(|(name, piece)| {
+    MACROS.iter().find_map(|&(name, kind)| {
         let after = rest.strip_prefix(name.as_bytes())?;
         (after.len() >= close.len() && after[..close.len()].eq_ignore_ascii_case(close))
-            .then(|| (piece.clone(), open_len + name.len() + close.len()))
+            .then_some((kind, open_len + name.len() + close.len()))
     })
 }
 
@@ -235,7 +334,7 @@ mod tests {
     };
 
     fn render(dest: &str, passthrough: bool, query: Option<&str>) -> String {
-        Template::compile(dest, passthrough).render(&VARS, query)
+        Template::compile(dest, passthrough).render(dest, &VARS, query)
     }
 
     #[test]
@@ -265,7 +364,7 @@ mod tests {
             sub: "evil.test/x?",
             ..VARS
         };
-        let loc = Template::compile(&dest, false).render(&vars, None);
+        let loc = Template::compile(&dest, false).render(&dest, &vars, None);
         assert_eq!(loc, "https://evil.test%2Fx%3F.example/");
     }
 
@@ -335,9 +434,10 @@ mod tests {
     proptest! {
         #[test]
         fn any_sub_renders_to_a_valid_header(sub in "\\PC{0,64}") {
-            let t = Template::compile("https://x.example/?s={sub}", true);
+            let dest = "https://x.example/?s={sub}";
+            let t = Template::compile(dest, true);
             let vars = Vars { sub: &sub, ..VARS };
-            let loc = t.render(&vars, None);
+            let loc = t.render(dest, &vars, None);
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
             // The substituted value decodes back to the original.
             let back = query_param(loc.split_once('?').map(|x| x.1), "s").unwrap();
@@ -348,8 +448,7 @@ mod tests {
         fn destination_parameters_always_survive_passthrough(
             q in "([a-z]{1,3}=[a-z0-9]{0,3}&){0,5}"
         ) {
-            let t = Template::compile("https://x.example/?a=dest", true);
-            let loc = t.render(&VARS, Some(&q));
+            let loc = render("https://x.example/?a=dest", true, Some(&q));
             let qs = loc.split_once('?').unwrap().1;
             let a = query_param(Some(qs), "a");
             prop_assert_eq!(a.as_deref(), Some("dest"));
@@ -359,8 +458,7 @@ mod tests {
 
         #[test]
         fn any_request_query_passes_through_as_ascii(q in "\\PC{0,60}") {
-            let t = Template::compile("https://x.example/p?a=1", true);
-            let loc = t.render(&VARS, Some(&q));
+            let loc = render("https://x.example/p?a=1", true, Some(&q));
             prop_assert!(loc.bytes().all(|b| b.is_ascii_graphic()), "{}", loc);
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
         }
@@ -379,7 +477,7 @@ mod tests {
                 &format!("https://{host}{path}")
             ) else { return Ok(()) };
             let vars = Vars { sub: &sub, ..VARS };
-            let loc = Template::compile(&dest, passthrough).render(&vars, Some(&q));
+            let loc = Template::compile(&dest, passthrough).render(&dest, &vars, Some(&q));
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok(), "{}", loc);
             let want = url::Url::parse(&dest).unwrap();
             let got = url::Url::parse(&loc).unwrap();
@@ -389,8 +487,7 @@ mod tests {
 
         #[test]
         fn compile_and_render_never_panic(dest in "\\PC{0,80}", q in "[ -~]{0,40}") {
-            let t = Template::compile(&dest, true);
-            let _ = t.render(&VARS, Some(&q));
+            let _ = render(&dest, true, Some(&q));
         }
     }
 }
