@@ -116,7 +116,7 @@ pub fn decide<B>(
         prefetch: bots::is_prefetch(headers),
     };
     let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
-    let status = link.status;
+    let status = link.status();
     let event = ClickEvent::new(
         click_id,
         now_ms,

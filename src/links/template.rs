@@ -33,37 +33,6 @@ const PASSTHROUGH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'^');
 
-/// Longest destination whose macros and parameter names a template can
-/// mark (positions are `u16`). Validated destinations are far shorter
-/// (`validate::MAX_DESTINATION_BYTES`); a longer one compiles to a template
-/// that copies it as it is.
-pub const MAX_TEMPLATE_BYTES: usize = u16::MAX as usize;
-
-/// What a marked range of the destination is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    ClickId,
-    Code,
-    Sub,
-    /// The raw name of one of the destination's own query parameters.
-    Param,
-}
-
-/// A byte range of the destination: a macro to substitute, or a parameter
-/// name. Six bytes, so a typical template is one small allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mark {
-    start: u16,
-    end: u16,
-    kind: Kind,
-}
-
-impl Mark {
-    fn range(self) -> std::ops::Range<usize> {
-        self.start as usize..self.end as usize
-    }
-}
-
 /// Per-request values substituted into a template.
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<'a> {
@@ -73,88 +42,24 @@ pub struct Vars<'a> {
     pub sub: &'a str,
 }
 
-/// A compiled destination. It holds no text of its own: the marks are
-/// ranges of the destination, which the caller passes to [`render_into`]
-/// (the link keeps the one copy).
-///
-/// [`render_into`]: Template::render_into
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    /// The macros in order, then the destination's parameter names.
-    marks: Box<[Mark]>,
-    /// How many of `marks` are macros.
-    macros: u16,
-    /// Length of everything before the fragment (`#...`).
-    head_len: u16,
-    /// What to put between the head and the first passed-through parameter.
-    query_joiner: Joiner,
-    passthrough: bool,
-}
-
+/// How a destination is rendered. It holds no text: the caller passes the
+/// destination (the link keeps the one copy) and rendering finds the
+/// fragment, the query and the macros in it as it copies. That costs a few
+/// `memchr` scans of a short string and saves a million links from
+/// carrying a second, pre-split copy of their destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Joiner {
-    /// The destination has no query: `?`.
-    Question,
-    /// Its query is empty or ends in `&`: nothing.
-    Nothing,
-    /// `&`.
-    Ampersand,
-}
-
-impl Joiner {
-    fn as_str(self) -> &'static str {
-        match self {
-            Joiner::Question => "?",
-            Joiner::Nothing => "",
-            Joiner::Ampersand => "&",
-        }
-    }
+pub struct Template {
+    passthrough: bool,
+    /// Whether the destination has any macro (if not, it is copied as is).
+    has_macros: bool,
 }
 
 impl Template {
     /// Compiles a normalised destination.
     pub fn compile(destination: &str, passthrough: bool) -> Template {
-        if destination.len() > MAX_TEMPLATE_BYTES {
-            return Template {
-                marks: Box::default(),
-                macros: 0,
-                head_len: 0,
-                query_joiner: Joiner::Nothing,
-                passthrough,
-            };
-        }
-        let head_len = destination.find('#').unwrap_or(destination.len());
-        let head = &destination[..head_len];
-        let query_start = head.find('?').map(|i| i + 1);
-        let query_joiner = match query_start.map(|i| &head[i..]) {
-            None => Joiner::Question,
-            Some(q) if q.is_empty() || q.ends_with('&') => Joiner::Nothing,
-            Some(_) => Joiner::Ampersand,
-        };
-        let mut marks = macro_marks(destination);
-        let macros = marks.len();
-        if let Some(q) = query_start {
-            // Each non-empty `&`-separated pair's name, as
-            // `application/x-www-form-urlencoded` parsing splits them.
-            let mut at = q;
-            for pair in head[q..].split('&') {
-                if !pair.is_empty() {
-                    let name_len = pair.find('=').unwrap_or(pair.len());
-                    marks.push(Mark {
-                        start: at as u16,
-                        end: (at + name_len) as u16,
-                        kind: Kind::Param,
-                    });
-                }
-                at += pair.len() + 1;
-            }
-        }
         Template {
-            marks: marks.into_boxed_slice(),
-            macros: macros as u16,
-            head_len: head_len as u16,
-            query_joiner,
             passthrough,
+            has_macros: next_macro(destination, 0).is_some(),
         }
     }
 
@@ -166,18 +71,9 @@ impl Template {
     /// Builds the `Location` for one request. `destination` is the one the
     /// template was compiled from; `query` is the raw request query.
     pub fn render(&self, destination: &str, vars: &Vars<'_>, query: Option<&str>) -> String {
-        let mut out = String::with_capacity(self.capacity_hint(destination, vars, query));
+        let mut out = String::with_capacity(capacity_hint(destination, vars, query));
         self.render_into(destination, vars, query, &mut out);
         out
-    }
-
-    /// Upper bound of the rendered length, for sizing buffers.
-    fn capacity_hint(&self, destination: &str, vars: &Vars<'_>, query: Option<&str>) -> usize {
-        destination.len()
-            + 2 * vars.click_id.len()
-            + vars.sub.len() * 3
-            + query.map_or(0, str::len)
-            + 2
     }
 
     /// Appends the `Location` for one request to `out`; bytes a `Location`
@@ -189,69 +85,73 @@ impl Template {
         query: Option<&str>,
         out: &mut String,
     ) {
-        if destination.len() > MAX_TEMPLATE_BYTES {
-            out.push_str(destination);
-            return;
-        }
+        let (head, fragment) =
+            destination.split_at(destination.find('#').unwrap_or(destination.len()));
+        self.push_expanded(out, head, vars);
         let query = query.filter(|_| self.passthrough).unwrap_or("");
-        let head_len = usize::from(self.head_len);
-        let macros = &self.marks[..usize::from(self.macros)];
-        let in_head = macros.partition_point(|m| usize::from(m.start) < head_len);
-        push_pieces(out, destination, 0..head_len, &macros[..in_head], vars);
-        let mut joiner = self.query_joiner.as_str();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if self.destination_has(destination, pair) {
-                continue;
+        if !query.is_empty() {
+            let own = head.split_once('?').map(|(_, q)| q);
+            let mut joiner = match own {
+                None => "?",
+                Some(q) if q.is_empty() || q.ends_with('&') => "",
+                Some(_) => "&",
+            };
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                if own.is_some_and(|own| has_param(own, pair)) {
+                    continue;
+                }
+                out.push_str(joiner);
+                out.extend(percent_encoding::utf8_percent_encode(
+                    pair,
+                    PASSTHROUGH_ENCODE,
+                ));
+                joiner = "&";
             }
-            out.push_str(joiner);
-            out.extend(percent_encoding::utf8_percent_encode(
-                pair,
-                PASSTHROUGH_ENCODE,
-            ));
-            joiner = "&";
         }
-        push_pieces(
-            out,
-            destination,
-            head_len..destination.len(),
-            &macros[in_head..],
-            vars,
-        );
+        self.push_expanded(out, fragment, vars);
     }
 
-    fn destination_has(&self, destination: &str, pair: &str) -> bool {
-        let params = &self.marks[usize::from(self.macros)..];
-        if params.is_empty() {
-            return false;
+    /// Copies `s`, substituting its macros.
+    fn push_expanded(&self, out: &mut String, s: &str, vars: &Vars<'_>) {
+        if !self.has_macros {
+            out.push_str(s);
+            return;
         }
-        let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        let key = decode_component(raw_key);
-        params
-            .iter()
-            .any(|p| decode_component(&destination[p.range()]) == key)
+        let mut copied = 0;
+        let mut from = 0;
+        while let Some((at, kind, len)) = next_macro(s, from) {
+            out.push_str(&s[copied..at]);
+            match kind {
+                Macro::ClickId => out.push_str(vars.click_id),
+                Macro::Code => out.push_str(vars.code),
+                Macro::Sub => {
+                    out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE))
+                }
+            }
+            from = at + len;
+            copied = from;
+        }
+        out.push_str(&s[copied..]);
     }
 }
 
-/// Copies `range` of the destination, substituting the macros in it.
-fn push_pieces(
-    out: &mut String,
-    destination: &str,
-    range: std::ops::Range<usize>,
-    macros: &[Mark],
-    vars: &Vars<'_>,
-) {
-    let mut at = range.start;
-    for m in macros {
-        out.push_str(&destination[at..usize::from(m.start)]);
-        match m.kind {
-            Kind::ClickId => out.push_str(vars.click_id),
-            Kind::Code => out.push_str(vars.code),
-            Kind::Sub => out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE)),
-            Kind::Param => unreachable!("parameter names are not macros"),
-        }
-        at = usize::from(m.end);
+/// Upper bound of the rendered length, for sizing buffers.
+fn capacity_hint(destination: &str, vars: &Vars<'_>, query: Option<&str>) -> usize {
+    destination.len() + 2 * vars.click_id.len() + vars.sub.len() * 3 + query.map_or(0, str::len) + 2
+}
+
+/// Whether the destination's own query `own` has the parameter named in
+/// the request's `pair` (names compared decoded): the destination wins.
+fn has_param(own: &str, pair: &str) -> bool {
+    fn name(pair: &str) -> &str {
+        pair.split_once('=').map_or(pair, |(k, _)| k)
     }
-    out.push_str(&destination[at..range.end]);
+    let mut params = own.split('&').filter(|p| !p.is_empty()).peekable();
+    if params.peek().is_none() {
+        return false;
+    }
+    let wanted = decode_component(name(pair));
+    params.any(|p| decode_component(name(p)) == wanted)
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component, borrowing
@@ -280,33 +180,36 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str
         .next()
 }
 
-const MACROS: [(&str, Kind); 3] = [
-    ("click_id", Kind::ClickId),
-    ("code", Kind::Code),
-    ("sub", Kind::Sub),
-];
-
-/// The macros of `s` in order, accepting `{m}` and `%7Bm%7D`.
-fn macro_marks(s: &str) -> Vec<Mark> {
-    let mut marks = Vec::new();
-    let mut i = 0;
-    while i < s.len() {
-        if let Some((kind, len)) = macro_at(&s[i..]) {
-            marks.push(Mark {
-                start: i as u16,
-                end: (i + len) as u16,
-                kind,
-            });
-            i += len;
-        } else {
-            i += s[i..].chars().next().map_or(1, char::len_utf8);
-        }
-    }
-    marks
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Macro {
+    ClickId,
+    Code,
+    Sub,
 }
 
-fn macro_at(s: &str) -> Option<(Kind, usize)> {
+const MACROS: [(&str, Macro); 3] = [
+    ("click_id", Macro::ClickId),
+    ("code", Macro::Code),
+    ("sub", Macro::Sub),
+];
+
+/// The first macro in `s` at or after byte `from`: where, which, how long.
+/// Accepts `{m}` and `%7Bm%7D`.
+fn next_macro(s: &str, from: usize) -> Option<(usize, Macro, usize)> {
     let bytes = s.as_bytes();
+    let mut from = from;
+    // Macros start with `{` or `%`, both ASCII: every hit is a char boundary.
+    while let Some(i) = memchr::memchr2(b'{', b'%', &bytes[from..]) {
+        let at = from + i;
+        if let Some((kind, len)) = macro_at(&bytes[at..]) {
+            return Some((at, kind, len));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+fn macro_at(bytes: &[u8]) -> Option<(Macro, usize)> {
     let (open_len, close): (usize, &[u8]) = if bytes.starts_with(b"{") {
         (1, b"}")
     } else if bytes.len() >= 3 && bytes[..3].eq_ignore_ascii_case(b"%7B") {

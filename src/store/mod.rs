@@ -86,10 +86,15 @@ struct Inner {
     records: usize,
     /// Every link, tombstones included: the next table to publish.
     links: LinkTable,
-    /// Live (not deleted) links of each tenant, by code, for listing. The
-    /// keys are the tenant names the tenant's links share.
-    by_tenant: BTreeMap<Arc<str>, BTreeSet<ByCode>>,
+    /// Every tenant seen, with its live (not deleted) links by code.
+    by_tenant: BTreeMap<String, Tenant>,
     tokens: HashMap<String, TokenRecord>,
+}
+
+struct Tenant {
+    /// The name the tenant's links share.
+    name: Arc<String>,
+    live: BTreeSet<ByCode>,
 }
 
 /// A link ordered (and looked up) by its code.
@@ -316,7 +321,7 @@ impl Store {
                 .by_tenant
                 .get(t)
                 .into_iter()
-                .flat_map(|set| page(set, after, limit))
+                .flat_map(|t| page(&t.live, after, limit))
                 .map(|l| l.0.to_record())
                 .collect(),
             None => {
@@ -324,7 +329,7 @@ impl Store {
                 let mut pages: Vec<_> = inner
                     .by_tenant
                     .values()
-                    .map(|set| page(set, after, limit))
+                    .map(|t| page(&t.live, after, limit))
                     .collect();
                 let mut heads: BinaryHeap<_> = pages
                     .iter_mut()
@@ -434,26 +439,24 @@ impl Inner {
         match rec {
             Record::Link(rec) => {
                 if let Some(old) = self.links.get(&rec.code) {
-                    if let Some(live) = self.by_tenant.get_mut(old.tenant()) {
-                        live.remove(old.code());
+                    if let Some(t) = self.by_tenant.get_mut(old.tenant()) {
+                        t.live.remove(old.code());
                     }
                 }
-                // Links of one tenant share its name.
-                let tenant = match self.by_tenant.get_key_value(rec.tenant.as_str()) {
-                    Some((name, _)) => name.clone(),
-                    None => {
-                        let name: Arc<str> = Arc::from(rec.tenant.as_str());
-                        self.by_tenant.insert(name.clone(), BTreeSet::new());
-                        name
-                    }
-                };
-                let link = Arc::new(Link::compile_for(rec, tenant));
-                if !link.is_deleted() {
-                    let live = self
+                let tenant = match self.by_tenant.get_mut(rec.tenant.as_str()) {
+                    Some(t) => t,
+                    None => self
                         .by_tenant
-                        .get_mut(link.tenant())
-                        .expect("the tenant was added above");
-                    live.insert(ByCode(link.clone()));
+                        .entry(rec.tenant.clone())
+                        .or_insert_with(|| Tenant {
+                            name: Arc::new(rec.tenant.clone()),
+                            live: BTreeSet::new(),
+                        }),
+                };
+                // Links of one tenant share its name.
+                let link = Arc::new(Link::compile_for(rec, tenant.name.clone()));
+                if !link.is_deleted() {
+                    tenant.live.insert(ByCode(link.clone()));
                 }
                 self.links.insert(link);
                 true
