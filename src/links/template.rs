@@ -85,19 +85,23 @@ impl Template {
         query: Option<&str>,
         out: &mut String,
     ) {
-        let (head, fragment) =
-            destination.split_at(destination.find('#').unwrap_or(destination.len()));
+        let (head, fragment) = destination
+            .split_at(memchr::memchr(b'#', destination.as_bytes()).unwrap_or(destination.len()));
         self.push_expanded(out, head, vars);
         let query = query.filter(|_| self.passthrough).unwrap_or("");
         if !query.is_empty() {
-            let own = head.split_once('?').map(|(_, q)| q);
+            let own = memchr::memchr(b'?', head.as_bytes()).map(|i| &head[i + 1..]);
             let mut joiner = match own {
                 None => "?",
                 Some(q) if q.is_empty() || q.ends_with('&') => "",
                 Some(_) => "&",
             };
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                if own.is_some_and(|own| has_param(own, pair)) {
+            let own = OwnParams::new(own.unwrap_or(""));
+            let mut rest = query;
+            while !rest.is_empty() {
+                let (pair, after) = split_once_byte(rest, b'&').unwrap_or((rest, ""));
+                rest = after;
+                if pair.is_empty() || own.has(pair) {
                     continue;
                 }
                 out.push_str(joiner);
@@ -140,18 +144,74 @@ fn capacity_hint(destination: &str, vars: &Vars<'_>, query: Option<&str>) -> usi
     destination.len() + 2 * vars.click_id.len() + vars.sub.len() * 3 + query.map_or(0, str::len) + 2
 }
 
-/// Whether the destination's own query `own` has the parameter named in
-/// the request's `pair` (names compared decoded): the destination wins.
-fn has_param(own: &str, pair: &str) -> bool {
-    fn name(pair: &str) -> &str {
-        pair.split_once('=').map_or(pair, |(k, _)| k)
+/// Most of a destination's own parameter names kept on the stack while
+/// rendering; the names after them are found by scanning again.
+const STACK_PARAMS: usize = 16;
+
+/// The names of the destination's own query parameters, split once per
+/// rendering: a passed-through parameter with one of them is dropped (the
+/// destination wins).
+struct OwnParams<'a> {
+    /// Decoded.
+    names: [Cow<'a, str>; STACK_PARAMS],
+    len: usize,
+    /// What is left of the query after `names`.
+    rest: &'a str,
+}
+
+impl<'a> OwnParams<'a> {
+    fn new(query: &'a str) -> OwnParams<'a> {
+        let mut own = OwnParams {
+            names: [const { Cow::Borrowed("") }; STACK_PARAMS],
+            len: 0,
+            rest: query,
+        };
+        while own.len < STACK_PARAMS && !own.rest.is_empty() {
+            let (pair, rest) = split_once_byte(own.rest, b'&').unwrap_or((own.rest, ""));
+            own.rest = rest;
+            if !pair.is_empty() {
+                own.names[own.len] = decode_component(param_name(pair));
+                own.len += 1;
+            }
+        }
+        own
     }
-    let mut params = own.split('&').filter(|p| !p.is_empty()).peekable();
-    if params.peek().is_none() {
-        return false;
+
+    /// Whether the request's `pair` names one of them (compared decoded).
+    fn has(&self, pair: &str) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        let wanted = decode_component(param_name(pair));
+        let in_rest = || {
+            self.rest
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .any(|p| decode_component(param_name(p)) == wanted)
+        };
+        self.names[..self.len].iter().any(|name| *name == wanted)
+            || (!self.rest.is_empty() && in_rest())
     }
-    let wanted = decode_component(name(pair));
-    params.any(|p| decode_component(name(p)) == wanted)
+}
+
+fn param_name(pair: &str) -> &str {
+    split_once_byte(pair, b'=').map_or(pair, |(name, _)| name)
+}
+
+/// `str::find` for an ASCII byte, as a plain loop: the strings searched
+/// while rendering are a few dozen bytes, too short to repay a `memchr`
+/// call.
+#[inline]
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    debug_assert!(b.is_ascii());
+    s.bytes().position(|c| c == b)
+}
+
+/// `str::split_once` for an ASCII byte (a char boundary on both sides).
+#[inline]
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = find_byte(s, b)?;
+    Some((&s[..i], &s[i + 1..]))
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component, borrowing
@@ -296,6 +356,16 @@ mod tests {
         assert_eq!(
             render("https://x.example/p?", true, Some("a=1")),
             "https://x.example/p?a=1"
+        );
+    }
+
+    #[test]
+    fn the_destination_wins_past_its_first_sixteen_parameters_too() {
+        let own: Vec<String> = (0..20).map(|i| format!("p{i}=d")).collect();
+        let dest = format!("https://x.example/?{}", own.join("&"));
+        assert_eq!(
+            render(&dest, true, Some("p3=r&p18=r&q=r")),
+            format!("{dest}&q=r")
         );
     }
 
