@@ -189,8 +189,7 @@ impl<'a> OwnParams<'a> {
                 .filter(|p| !p.is_empty())
                 .any(|p| decode_component(param_name(p)) == wanted)
         };
-        self.names[..self.len].iter().any(|name| *name == wanted)
-            || (!self.rest.is_empty() && in_rest())
+        self.names[..self.len].contains(&wanted) || (!self.rest.is_empty() && in_rest())
     }
 }
 
