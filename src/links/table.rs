@@ -11,10 +11,11 @@
 //! whose hash starts with the bits of `i`, and a bucket that needs fewer
 //! bits is shared by neighbouring entries. A full bucket splits in two
 //! (doubling the directory only when it was already as deep), so growing
-//! never rehashes the table. Cloning a table copies the directory (a few
-//! bytes per link) and shares every bucket; changing a link copies one
-//! bucket. A million links take about 18 bytes each here, and a batch of
-//! 1000 changes copies the directory once and about 1000 small buckets.
+//! never rehashes the table. The directory is cut into shared chunks:
+//! cloning a table copies the list of chunks and shares everything else;
+//! changing a link copies one chunk and one bucket. A million links take
+//! about 19 bytes each here; a batch of 1000 new codes copies most chunks
+//! (they are spread by hash) and about 1000 small buckets.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -43,10 +44,16 @@ struct Entry {
     depth: u32,
 }
 
+/// The directory is cut into shared chunks of this many entries, so one
+/// change copies one chunk, not the whole directory.
+const CHUNK_BITS: u32 = 8;
+const CHUNK_MASK: usize = (1 << CHUNK_BITS) - 1;
+
 #[derive(Clone)]
 pub struct LinkTable {
-    /// `2^depth` entries.
-    dir: Box<[Entry]>,
+    /// `2^depth` entries, in chunks of `2^CHUNK_BITS` (one smaller chunk
+    /// while the directory is smaller).
+    dir: Vec<Arc<[Entry]>>,
     depth: u32,
     len: usize,
     hasher: std::hash::RandomState,
@@ -55,10 +62,10 @@ pub struct LinkTable {
 impl Default for LinkTable {
     fn default() -> Self {
         LinkTable {
-            dir: Box::new([Entry {
+            dir: vec![Arc::new([Entry {
                 bucket: Arc::new([]),
                 depth: 0,
-            }]),
+            }])],
             depth: 0,
             len: 0,
             hasher: std::hash::RandomState::new(),
@@ -70,7 +77,7 @@ impl LinkTable {
     #[inline]
     pub fn get(&self, code: &str) -> Option<&Arc<Link>> {
         let hash = self.hasher.hash_one(code);
-        self.dir[self.index(hash)]
+        self.entry(self.index(hash))
             .bucket
             .iter()
             .find(|s| s.hash == hash && s.link.code() == code)
@@ -90,6 +97,7 @@ impl LinkTable {
         let depth = self.depth;
         self.dir
             .iter()
+            .flat_map(|chunk| chunk.iter())
             .enumerate()
             // A bucket shared by 2^k entries is visited at the first one.
             .filter(move |(i, e)| i % (1usize << (depth - e.depth)) == 0)
@@ -102,7 +110,7 @@ impl LinkTable {
         let hash = self.hasher.hash_one(link.code());
         loop {
             let i = self.index(hash);
-            let entry = &self.dir[i];
+            let entry = self.entry(i);
             let found = entry
                 .bucket
                 .iter()
@@ -131,44 +139,61 @@ impl LinkTable {
         hash.checked_shr(64 - self.depth).unwrap_or(0) as usize
     }
 
+    #[inline]
+    fn entry(&self, i: usize) -> &Entry {
+        &self.dir[i >> CHUNK_BITS][i & CHUNK_MASK]
+    }
+
+    /// Entry `i`, copying its chunk first if another table shares it.
+    fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        let chunk = &mut self.dir[i >> CHUNK_BITS];
+        if Arc::get_mut(chunk).is_none() {
+            *chunk = Arc::from(chunk.to_vec());
+        }
+        &mut Arc::get_mut(chunk).expect("the chunk was just copied")[i & CHUNK_MASK]
+    }
+
     /// The directory entries sharing entry `i`'s bucket.
     fn aliases(&self, i: usize) -> std::ops::Range<usize> {
-        let shared = 1usize << (self.depth - self.dir[i].depth);
+        let shared = 1usize << (self.depth - self.entry(i).depth);
         let first = i & !(shared - 1);
         first..first + shared
     }
 
     fn set_bucket(&mut self, i: usize, bucket: Arc<[Slot]>) {
-        let aliases = self.aliases(i);
-        for e in &mut self.dir[aliases] {
-            e.bucket = bucket.clone();
+        for j in self.aliases(i) {
+            self.entry_mut(j).bucket = bucket.clone();
         }
     }
 
     /// Splits entry `i`'s bucket in two by its next hash bit.
     fn split(&mut self, i: usize) {
         let mut i = i;
-        if self.dir[i].depth == self.depth {
-            self.dir = self
+        if self.entry(i).depth == self.depth {
+            let doubled: Vec<Entry> = self
                 .dir
                 .iter()
+                .flat_map(|chunk| chunk.iter())
                 .flat_map(|e| [e.clone(), e.clone()])
                 .collect();
+            self.dir = doubled.chunks(1 << CHUNK_BITS).map(Arc::from).collect();
             self.depth += 1;
             i *= 2;
         }
-        let depth = self.dir[i].depth;
+        let depth = self.entry(i).depth;
         let bit = 63 - depth;
-        let (high, low): (Vec<Slot>, Vec<Slot>) = self.dir[i]
+        let (high, low): (Vec<Slot>, Vec<Slot>) = self
+            .entry(i)
             .bucket
             .iter()
             .cloned()
             .partition(|s| (s.hash >> bit) & 1 == 1);
         let (low, high): (Arc<[Slot]>, Arc<[Slot]>) = (low.into(), high.into());
         let aliases = self.aliases(i);
-        let half = aliases.len() / 2;
-        for (k, e) in self.dir[aliases].iter_mut().enumerate() {
-            e.bucket = if k < half { low.clone() } else { high.clone() };
+        let half = aliases.start + aliases.len() / 2;
+        for j in aliases {
+            let e = self.entry_mut(j);
+            e.bucket = if j < half { low.clone() } else { high.clone() };
             e.depth = depth + 1;
         }
     }
