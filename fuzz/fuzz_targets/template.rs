@@ -17,12 +17,12 @@ fuzz_target!(|input: (&str, bool, &str, &str)| {
         code: "promo",
         sub,
     };
-    let _ = Template::compile(destination, passthrough).render(&vars, Some(query));
+    let _ = Template::compile(destination, passthrough).render(destination, &vars, Some(query));
 
     let Ok(dest) = normalize_destination(destination) else {
         return;
     };
-    let location = Template::compile(&dest, passthrough).render(&vars, Some(query));
+    let location = Template::compile(&dest, passthrough).render(&dest, &vars, Some(query));
     assert!(
         location.bytes().all(|b| b.is_ascii_graphic()),
         "{location:?}"
@@ -46,8 +46,8 @@ fuzz_target!(|input: (&str, bool, &str, &str)| {
     }
 
     // `{sub}` alone in a parameter value decodes back to the sub.
-    let t = Template::compile("https://x.example/?s={sub}", passthrough);
-    let loc = t.render(&vars, Some(query));
+    let s_dest = "https://x.example/?s={sub}";
+    let loc = Template::compile(s_dest, passthrough).render(s_dest, &vars, Some(query));
     let qs = loc.split_once('?').map(|(_, q)| q);
     let qs = qs.map(|q| q.split_once('#').map_or(q, |(q, _)| q));
     assert_eq!(query_param(qs, "s").as_deref(), Some(sub), "{loc}");

@@ -209,12 +209,11 @@ impl Writer {
                 for p in pending.drain(..) {
                     // Index first: a click visible in stats is matchable.
                     if let Some(index) = &self.cfg.click_index {
-                        let r = &p.code.record;
                         index.record(
                             p.click_id.as_str(),
                             p.ts_ms,
-                            &r.code,
-                            &r.tenant,
+                            p.code.code(),
+                            p.code.tenant(),
                             p.bot,
                             now_ms,
                         );

@@ -96,7 +96,7 @@ pub fn decide<B>(
     // Render into a reused buffer, then copy once at the exact length.
     let location = LOCATION_BUF.with_borrow_mut(|buf| {
         buf.clear();
-        link.template.render_into(&vars, query, buf);
+        link.render_into(&vars, query, buf);
         HeaderValue::from_maybe_shared(Bytes::copy_from_slice(buf.as_bytes()))
     });
     let Ok(location) = location else {
@@ -116,7 +116,7 @@ pub fn decide<B>(
         prefetch: bots::is_prefetch(headers),
     };
     let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
-    let status = link.status;
+    let status = link.status();
     let event = ClickEvent::new(
         click_id,
         now_ms,

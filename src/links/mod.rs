@@ -7,6 +7,8 @@ pub mod table;
 pub mod template;
 pub mod validate;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -41,41 +43,192 @@ pub enum LinkState {
     Gone,
 }
 
-/// A link compiled for the hot path: status and template prepared once.
+/// One link, compiled for the hot path. It is the only copy: the store's
+/// indexes, the edge's table and in-flight click events share it through an
+/// `Arc`, and it is never changed (a change is a new `Link`).
+///
+/// Kept to 64 bytes plus its text because there may be millions: the code
+/// and the destination share one allocation, the tenant's name is shared by
+/// all of its links, times are kept in milliseconds (what the admin API
+/// shows), and the template is worked out from the destination as it is
+/// rendered.
 #[derive(Debug)]
 pub struct Link {
-    pub record: LinkRecord,
-    pub status: StatusCode,
-    pub template: Template,
-    expires_at_ms: Option<i64>,
+    /// The code, then the destination.
+    text: Box<str>,
+    tenant: Arc<String>,
+    /// `None` when there are none (most links).
+    #[allow(
+        clippy::box_collection,
+        reason = "a thin pointer: 8 bytes in every link, a `Vec` only in links with tags"
+    )]
+    tags: Option<Box<Vec<String>>>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    /// [`NEVER`] if the link does not expire.
+    expires_at_ms: i64,
+    template: Template,
+    /// As stored; [`Link::status`] is 302 if it is not a redirect status.
+    redirect: u16,
+    code_len: u8,
+    disabled: bool,
+    deleted: bool,
 }
 
+/// `expires_at_ms` of a link that does not expire (later than any date
+/// chrono can hold).
+const NEVER: i64 = i64::MAX;
+
 impl Link {
-    pub fn compile(record: LinkRecord) -> Link {
-        let status = StatusCode::from_u16(record.redirect)
-            .ok()
-            .filter(|s| s.is_redirection())
-            .unwrap_or(StatusCode::FOUND);
+    pub fn compile(mut record: LinkRecord) -> Link {
+        let tenant = Arc::new(std::mem::take(&mut record.tenant));
+        Link::compile_for(record, tenant)
+    }
+
+    /// Compiles `record`, sharing `tenant` (the record's tenant) with the
+    /// tenant's other links.
+    pub fn compile_for(record: LinkRecord, tenant: Arc<String>) -> Link {
+        debug_assert!(record.tenant.is_empty() || *tenant == record.tenant);
         let template = Template::compile(&record.destination, record.passthrough);
-        let expires_at_ms = record.expires_at.map(|t| t.timestamp_millis());
+        // Codes are at most 64 bytes (`validate::MAX_CODE_LEN`).
+        let code_len = u8::try_from(record.code.len()).expect("a code is at most 255 bytes");
+        let mut text = String::with_capacity(record.code.len() + record.destination.len());
+        text.push_str(&record.code);
+        text.push_str(&record.destination);
         Link {
-            record,
-            status,
+            text: text.into_boxed_str(),
+            tenant,
+            tags: (!record.tags.is_empty()).then(|| Box::new(record.tags)),
+            created_at_ms: record.created_at.timestamp_millis(),
+            updated_at_ms: record.updated_at.timestamp_millis(),
+            expires_at_ms: record.expires_at.map_or(NEVER, |t| t.timestamp_millis()),
             template,
-            expires_at_ms,
+            redirect: record.redirect,
+            code_len,
+            disabled: record.disabled,
+            deleted: record.deleted,
+        }
+    }
+
+    /// The link as stored and as the admin API shows it.
+    pub fn to_record(&self) -> LinkRecord {
+        let time = |ms| DateTime::from_timestamp_millis(ms).expect("it came from a DateTime");
+        LinkRecord {
+            code: self.code().to_owned(),
+            tenant: self.tenant().to_owned(),
+            destination: self.destination().to_owned(),
+            redirect: self.redirect,
+            created_at: time(self.created_at_ms),
+            updated_at: time(self.updated_at_ms),
+            expires_at: (self.expires_at_ms != NEVER).then(|| time(self.expires_at_ms)),
+            disabled: self.disabled,
+            deleted: self.deleted,
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            passthrough: self.template.passthrough(),
         }
     }
 
     pub fn state_at(&self, now_ms: i64) -> LinkState {
-        let expired = self.expires_at_ms.is_some_and(|t| now_ms >= t);
-        if self.record.deleted || self.record.disabled || expired {
+        if self.deleted || self.disabled || now_ms >= self.expires_at_ms {
             LinkState::Gone
         } else {
             LinkState::Live
         }
     }
 
+    /// The status the edge answers with.
+    #[inline]
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.redirect)
+            .ok()
+            .filter(|s| s.is_redirection())
+            .unwrap_or(StatusCode::FOUND)
+    }
+
+    /// Appends the `Location` for one request (see [`Template::render_into`]).
+    #[inline]
+    pub fn render_into(&self, vars: &template::Vars<'_>, query: Option<&str>, out: &mut String) {
+        self.template
+            .render_into(self.destination(), vars, query, out)
+    }
+
     pub fn code(&self) -> &str {
-        &self.record.code
+        &self.text[..usize::from(self.code_len)]
+    }
+
+    pub fn destination(&self) -> &str {
+        &self.text[usize::from(self.code_len)..]
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Deleted links stay as tombstones (see [`LinkRecord::deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_gives_back_the_record_it_was_compiled_from() {
+        let at = |s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let record = LinkRecord {
+            code: "spring".into(),
+            tenant: "acme".into(),
+            destination: "https://shop.example/?cid={click_id}#top".into(),
+            redirect: 307,
+            created_at: at("2026-03-01T10:00:00.123Z"),
+            updated_at: at("2026-03-02T11:30:00.456Z"),
+            expires_at: Some(at("2026-04-01T00:00:00Z")),
+            disabled: true,
+            deleted: false,
+            tags: vec!["promo".into(), "q1".into()],
+            passthrough: false,
+        };
+        let link = Link::compile(record.clone());
+        assert_eq!(link.to_record(), record);
+        assert_eq!(link.status(), StatusCode::TEMPORARY_REDIRECT);
+        let plain = LinkRecord {
+            expires_at: None,
+            tags: vec![],
+            redirect: 299,
+            ..record
+        };
+        let link = Link::compile(plain.clone());
+        assert_eq!(link.to_record(), plain);
+        assert_eq!(link.status(), StatusCode::FOUND);
+    }
+
+    #[test]
+    fn a_link_is_gone_from_its_expiry_on() {
+        let now = Utc::now();
+        let record = LinkRecord {
+            code: "x".into(),
+            tenant: "t".into(),
+            destination: "https://x.example/".into(),
+            redirect: 302,
+            created_at: now,
+            updated_at: now,
+            expires_at: Some(now),
+            disabled: false,
+            deleted: false,
+            tags: vec![],
+            passthrough: true,
+        };
+        let link = Link::compile(record);
+        let t = now.timestamp_millis();
+        assert_eq!(link.state_at(t - 1), LinkState::Live);
+        assert_eq!(link.state_at(t), LinkState::Gone);
+    }
+
+    #[test]
+    fn a_link_stays_small() {
+        // Plus one allocation for its code and destination.
+        assert!(std::mem::size_of::<Link>() <= 64);
     }
 }

@@ -33,14 +33,6 @@ const PASSTHROUGH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'^');
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Lit(Box<str>),
-    ClickId,
-    Code,
-    Sub,
-}
-
 /// Per-request values substituted into a template.
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<'a> {
@@ -50,105 +42,175 @@ pub struct Vars<'a> {
     pub sub: &'a str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a destination is rendered. It holds no text: the caller passes the
+/// destination (the link keeps the one copy) and rendering finds the
+/// fragment, the query and the macros in it as it copies. That costs a few
+/// `memchr` scans of a short string and saves a million links from
+/// carrying a second, pre-split copy of their destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Template {
-    /// Everything before the fragment.
-    head: Box<[Piece]>,
-    /// `#...` or empty.
-    fragment: Box<[Piece]>,
-    /// What to put between `head` and the first passed-through parameter.
-    query_joiner: &'static str,
-    /// Decoded names of the destination's own query parameters.
-    dest_params: Box<[Box<str>]>,
     passthrough: bool,
-    literal_len: usize,
+    /// Whether the destination has any macro (if not, it is copied as is).
+    has_macros: bool,
 }
 
 impl Template {
     /// Compiles a normalised destination.
     pub fn compile(destination: &str, passthrough: bool) -> Template {
-        let (head, fragment) = match destination.find('#') {
-            Some(i) => destination.split_at(i),
-            None => (destination, ""),
-        };
-        let query = head.split_once('?').map(|(_, q)| q);
-        let query_joiner = match query {
-            None => "?",
-            Some(q) if q.is_empty() || q.ends_with('&') => "",
-            Some(_) => "&",
-        };
-        let dest_params = query
-            .map(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, _)| k.into_owned().into_boxed_str())
-                    .collect()
-            })
-            .unwrap_or_default();
         Template {
-            head: split_macros(head),
-            fragment: split_macros(fragment),
-            query_joiner,
-            dest_params,
             passthrough,
-            literal_len: destination.len(),
+            has_macros: next_macro(destination, 0).is_some(),
         }
     }
 
-    /// Builds the `Location` for one request. `query` is the raw request
-    /// query; bytes a `Location` must not carry are percent-encoded.
-    pub fn render(&self, vars: &Vars<'_>, query: Option<&str>) -> String {
-        let mut out = String::with_capacity(self.capacity_hint(vars, query));
-        self.render_into(vars, query, &mut out);
+    /// Whether the request's query parameters are appended.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Builds the `Location` for one request. `destination` is the one the
+    /// template was compiled from; `query` is the raw request query.
+    pub fn render(&self, destination: &str, vars: &Vars<'_>, query: Option<&str>) -> String {
+        let mut out = String::with_capacity(capacity_hint(destination, vars, query));
+        self.render_into(destination, vars, query, &mut out);
         out
     }
 
-    /// Upper bound of the rendered length, for sizing buffers.
-    fn capacity_hint(&self, vars: &Vars<'_>, query: Option<&str>) -> usize {
-        self.literal_len
-            + 2 * vars.click_id.len()
-            + vars.sub.len() * 3
-            + query.map_or(0, str::len)
-            + 2
-    }
-
-    /// Appends the `Location` for one request to `out`.
-    pub fn render_into(&self, vars: &Vars<'_>, query: Option<&str>, out: &mut String) {
+    /// Appends the `Location` for one request to `out`; bytes a `Location`
+    /// must not carry are percent-encoded.
+    pub fn render_into(
+        &self,
+        destination: &str,
+        vars: &Vars<'_>,
+        query: Option<&str>,
+        out: &mut String,
+    ) {
+        let (head, fragment) = destination
+            .split_at(memchr::memchr(b'#', destination.as_bytes()).unwrap_or(destination.len()));
+        self.push_expanded(out, head, vars);
         let query = query.filter(|_| self.passthrough).unwrap_or("");
-        push_pieces(out, &self.head, vars);
-        let mut joiner = self.query_joiner;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if self.destination_has(pair) {
-                continue;
+        if !query.is_empty() {
+            let own = memchr::memchr(b'?', head.as_bytes()).map(|i| &head[i + 1..]);
+            let mut joiner = match own {
+                None => "?",
+                Some(q) if q.is_empty() || q.ends_with('&') => "",
+                Some(_) => "&",
+            };
+            let own = OwnParams::new(own.unwrap_or(""));
+            let mut rest = query;
+            while !rest.is_empty() {
+                let (pair, after) = split_once_byte(rest, b'&').unwrap_or((rest, ""));
+                rest = after;
+                if pair.is_empty() || own.has(pair) {
+                    continue;
+                }
+                out.push_str(joiner);
+                out.extend(percent_encoding::utf8_percent_encode(
+                    pair,
+                    PASSTHROUGH_ENCODE,
+                ));
+                joiner = "&";
             }
-            out.push_str(joiner);
-            out.extend(percent_encoding::utf8_percent_encode(
-                pair,
-                PASSTHROUGH_ENCODE,
-            ));
-            joiner = "&";
         }
-        push_pieces(out, &self.fragment, vars);
+        self.push_expanded(out, fragment, vars);
     }
 
-    fn destination_has(&self, pair: &str) -> bool {
-        if self.dest_params.is_empty() {
-            return false;
+    /// Copies `s`, substituting its macros.
+    fn push_expanded(&self, out: &mut String, s: &str, vars: &Vars<'_>) {
+        if !self.has_macros {
+            out.push_str(s);
+            return;
         }
-        let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        let key = decode_component(raw_key);
-        self.dest_params.iter().any(|p| **p == *key)
+        let mut copied = 0;
+        let mut from = 0;
+        while let Some((at, kind, len)) = next_macro(s, from) {
+            out.push_str(&s[copied..at]);
+            match kind {
+                Macro::ClickId => out.push_str(vars.click_id),
+                Macro::Code => out.push_str(vars.code),
+                Macro::Sub => {
+                    out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE))
+                }
+            }
+            from = at + len;
+            copied = from;
+        }
+        out.push_str(&s[copied..]);
     }
 }
 
-fn push_pieces(out: &mut String, pieces: &[Piece], vars: &Vars<'_>) {
-    for piece in pieces {
-        match piece {
-            Piece::Lit(s) => out.push_str(s),
-            Piece::ClickId => out.push_str(vars.click_id),
-            Piece::Code => out.push_str(vars.code),
-            Piece::Sub => out.extend(percent_encoding::utf8_percent_encode(vars.sub, SUB_ENCODE)),
+/// Upper bound of the rendered length, for sizing buffers.
+fn capacity_hint(destination: &str, vars: &Vars<'_>, query: Option<&str>) -> usize {
+    destination.len() + 2 * vars.click_id.len() + vars.sub.len() * 3 + query.map_or(0, str::len) + 2
+}
+
+/// Most of a destination's own parameter names kept on the stack while
+/// rendering; the names after them are found by scanning again.
+const STACK_PARAMS: usize = 16;
+
+/// The names of the destination's own query parameters, split once per
+/// rendering: a passed-through parameter with one of them is dropped (the
+/// destination wins).
+struct OwnParams<'a> {
+    /// Decoded.
+    names: [Cow<'a, str>; STACK_PARAMS],
+    len: usize,
+    /// What is left of the query after `names`.
+    rest: &'a str,
+}
+
+impl<'a> OwnParams<'a> {
+    fn new(query: &'a str) -> OwnParams<'a> {
+        let mut own = OwnParams {
+            names: [const { Cow::Borrowed("") }; STACK_PARAMS],
+            len: 0,
+            rest: query,
+        };
+        while own.len < STACK_PARAMS && !own.rest.is_empty() {
+            let (pair, rest) = split_once_byte(own.rest, b'&').unwrap_or((own.rest, ""));
+            own.rest = rest;
+            if !pair.is_empty() {
+                own.names[own.len] = decode_component(param_name(pair));
+                own.len += 1;
+            }
         }
+        own
     }
+
+    /// Whether the request's `pair` names one of them (compared decoded).
+    fn has(&self, pair: &str) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        let wanted = decode_component(param_name(pair));
+        let in_rest = || {
+            self.rest
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .any(|p| decode_component(param_name(p)) == wanted)
+        };
+        self.names[..self.len].contains(&wanted) || (!self.rest.is_empty() && in_rest())
+    }
+}
+
+fn param_name(pair: &str) -> &str {
+    split_once_byte(pair, b'=').map_or(pair, |(name, _)| name)
+}
+
+/// `str::find` for an ASCII byte, as a plain loop: the strings searched
+/// while rendering are a few dozen bytes, too short to repay a `memchr`
+/// call.
+#[inline]
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    debug_assert!(b.is_ascii());
+    s.bytes().position(|c| c == b)
+}
+
+/// `str::split_once` for an ASCII byte (a char boundary on both sides).
+#[inline]
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = find_byte(s, b)?;
+    Some((&s[..i], &s[i + 1..]))
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component, borrowing
@@ -177,37 +239,36 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str
         .next()
 }
 
-const MACROS: [(&str, Piece); 3] = [
-    ("click_id", Piece::ClickId),
-    ("code", Piece::Code),
-    ("sub", Piece::Sub),
-];
-
-/// Splits a string into literals and macros, accepting `{m}` and `%7Bm%7D`.
-fn split_macros(s: &str) -> Box<[Piece]> {
-    let mut pieces = Vec::new();
-    let mut lit_start = 0;
-    let mut i = 0;
-    while i < s.len() {
-        if let Some((piece, len)) = macro_at(&s[i..]) {
-            if lit_start < i {
-                pieces.push(Piece::Lit(s[lit_start..i].into()));
-            }
-            pieces.push(piece);
-            i += len;
-            lit_start = i;
-        } else {
-            i += s[i..].chars().next().map_or(1, char::len_utf8);
-        }
-    }
-    if lit_start < s.len() {
-        pieces.push(Piece::Lit(s[lit_start..].into()));
-    }
-    pieces.into_boxed_slice()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Macro {
+    ClickId,
+    Code,
+    Sub,
 }
 
-fn macro_at(s: &str) -> Option<(Piece, usize)> {
+const MACROS: [(&str, Macro); 3] = [
+    ("click_id", Macro::ClickId),
+    ("code", Macro::Code),
+    ("sub", Macro::Sub),
+];
+
+/// The first macro in `s` at or after byte `from`: where, which, how long.
+/// Accepts `{m}` and `%7Bm%7D`.
+fn next_macro(s: &str, from: usize) -> Option<(usize, Macro, usize)> {
     let bytes = s.as_bytes();
+    let mut from = from;
+    // Macros start with `{` or `%`, both ASCII: every hit is a char boundary.
+    while let Some(i) = memchr::memchr2(b'{', b'%', &bytes[from..]) {
+        let at = from + i;
+        if let Some((kind, len)) = macro_at(&bytes[at..]) {
+            return Some((at, kind, len));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+fn macro_at(bytes: &[u8]) -> Option<(Macro, usize)> {
     let (open_len, close): (usize, &[u8]) = if bytes.starts_with(b"{") {
         (1, b"}")
     } else if bytes.len() >= 3 && bytes[..3].eq_ignore_ascii_case(b"%7B") {
@@ -216,10 +277,10 @@ fn macro_at(s: &str) -> Option<(Piece, usize)> {
         return None;
     };
     let rest = &bytes[open_len..];
-    MACROS.iter().find_map(|(name, piece)| {
+    MACROS.iter().find_map(|&(name, kind)| {
         let after = rest.strip_prefix(name.as_bytes())?;
         (after.len() >= close.len() && after[..close.len()].eq_ignore_ascii_case(close))
-            .then(|| (piece.clone(), open_len + name.len() + close.len()))
+            .then_some((kind, open_len + name.len() + close.len()))
     })
 }
 
@@ -235,7 +296,7 @@ mod tests {
     };
 
     fn render(dest: &str, passthrough: bool, query: Option<&str>) -> String {
-        Template::compile(dest, passthrough).render(&VARS, query)
+        Template::compile(dest, passthrough).render(dest, &VARS, query)
     }
 
     #[test]
@@ -265,7 +326,7 @@ mod tests {
             sub: "evil.test/x?",
             ..VARS
         };
-        let loc = Template::compile(&dest, false).render(&vars, None);
+        let loc = Template::compile(&dest, false).render(&dest, &vars, None);
         assert_eq!(loc, "https://evil.test%2Fx%3F.example/");
     }
 
@@ -294,6 +355,16 @@ mod tests {
         assert_eq!(
             render("https://x.example/p?", true, Some("a=1")),
             "https://x.example/p?a=1"
+        );
+    }
+
+    #[test]
+    fn the_destination_wins_past_its_first_sixteen_parameters_too() {
+        let own: Vec<String> = (0..20).map(|i| format!("p{i}=d")).collect();
+        let dest = format!("https://x.example/?{}", own.join("&"));
+        assert_eq!(
+            render(&dest, true, Some("p3=r&p18=r&q=r")),
+            format!("{dest}&q=r")
         );
     }
 
@@ -335,9 +406,10 @@ mod tests {
     proptest! {
         #[test]
         fn any_sub_renders_to_a_valid_header(sub in "\\PC{0,64}") {
-            let t = Template::compile("https://x.example/?s={sub}", true);
+            let dest = "https://x.example/?s={sub}";
+            let t = Template::compile(dest, true);
             let vars = Vars { sub: &sub, ..VARS };
-            let loc = t.render(&vars, None);
+            let loc = t.render(dest, &vars, None);
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
             // The substituted value decodes back to the original.
             let back = query_param(loc.split_once('?').map(|x| x.1), "s").unwrap();
@@ -348,8 +420,7 @@ mod tests {
         fn destination_parameters_always_survive_passthrough(
             q in "([a-z]{1,3}=[a-z0-9]{0,3}&){0,5}"
         ) {
-            let t = Template::compile("https://x.example/?a=dest", true);
-            let loc = t.render(&VARS, Some(&q));
+            let loc = render("https://x.example/?a=dest", true, Some(&q));
             let qs = loc.split_once('?').unwrap().1;
             let a = query_param(Some(qs), "a");
             prop_assert_eq!(a.as_deref(), Some("dest"));
@@ -359,8 +430,7 @@ mod tests {
 
         #[test]
         fn any_request_query_passes_through_as_ascii(q in "\\PC{0,60}") {
-            let t = Template::compile("https://x.example/p?a=1", true);
-            let loc = t.render(&VARS, Some(&q));
+            let loc = render("https://x.example/p?a=1", true, Some(&q));
             prop_assert!(loc.bytes().all(|b| b.is_ascii_graphic()), "{}", loc);
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok());
         }
@@ -379,7 +449,7 @@ mod tests {
                 &format!("https://{host}{path}")
             ) else { return Ok(()) };
             let vars = Vars { sub: &sub, ..VARS };
-            let loc = Template::compile(&dest, passthrough).render(&vars, Some(&q));
+            let loc = Template::compile(&dest, passthrough).render(&dest, &vars, Some(&q));
             prop_assert!(http::HeaderValue::from_str(&loc).is_ok(), "{}", loc);
             let want = url::Url::parse(&dest).unwrap();
             let got = url::Url::parse(&loc).unwrap();
@@ -389,8 +459,7 @@ mod tests {
 
         #[test]
         fn compile_and_render_never_panic(dest in "\\PC{0,80}", q in "[ -~]{0,40}") {
-            let t = Template::compile(&dest, true);
-            let _ = t.render(&VARS, Some(&q));
+            let _ = render(&dest, true, Some(&q));
         }
     }
 }

@@ -8,13 +8,18 @@
 //! timer, a process first applies what others appended since its last read
 //! (its offset), so every process applies every record once, in file order.
 //!
-//! The store owns the authoritative maps and publishes link changes to the
-//! edge's [`SharedLinkTable`]. It is the one interface a future fleet store
-//! (links shared through Kafka) replaces; the edge only sees the table.
+//! The store owns the authoritative link table and publishes it to the
+//! edge's [`SharedLinkTable`] after every change. Each link exists once, as
+//! an `Arc<Link>` shared by the store's table, its per-tenant index and the
+//! published table; [`LinkRecord`]s are made only at the boundary (the file
+//! and the admin API). It is the one interface a future fleet store (links
+//! shared through Kafka) replaces; the edge only sees the table.
 
 pub(crate) mod record_log;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -79,10 +84,47 @@ struct Inner {
     lines: usize,
     inode: u64,
     records: usize,
-    links: BTreeMap<String, LinkRecord>,
-    /// (tenant, code) of live (not deleted) links, for listing.
-    by_tenant: BTreeSet<(String, String)>,
+    /// Every link, tombstones included: the next table to publish.
+    links: LinkTable,
+    /// Every tenant seen, with its live (not deleted) links by code.
+    by_tenant: BTreeMap<String, Tenant>,
     tokens: HashMap<String, TokenRecord>,
+}
+
+struct Tenant {
+    /// The name the tenant's links share.
+    name: Arc<String>,
+    live: BTreeSet<ByCode>,
+}
+
+/// A link ordered (and looked up) by its code.
+#[derive(Clone)]
+struct ByCode(Arc<Link>);
+
+impl Borrow<str> for ByCode {
+    fn borrow(&self) -> &str {
+        self.0.code()
+    }
+}
+
+impl PartialEq for ByCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.code() == other.0.code()
+    }
+}
+
+impl Eq for ByCode {}
+
+impl PartialOrd for ByCode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByCode {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.code().cmp(other.0.code())
+    }
 }
 
 impl Store {
@@ -103,8 +145,8 @@ impl Store {
             offset: 0,
             lines: 0,
             records: 0,
-            links: BTreeMap::new(),
-            by_tenant: BTreeSet::new(),
+            links: LinkTable::default(),
+            by_tenant: BTreeMap::new(),
             tokens: HashMap::new(),
         };
         let store_path = path.clone();
@@ -120,11 +162,7 @@ impl Store {
         })();
         inner.file.unlock().map_err(io_err(&path))?;
         result?;
-        let mut all = LinkTable::default();
-        for rec in inner.links.values() {
-            all.insert(Link::compile(rec.clone()));
-        }
-        table.replace(all);
+        table.replace(inner.links.clone());
         Ok(Store {
             path,
             random_code_len,
@@ -140,9 +178,8 @@ impl Store {
     /// Applies records appended by other processes since the last read.
     pub fn poll(&self) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let changed = inner.catch_up(&self.path, false)?;
-        if !changed.is_empty() {
-            self.table.update(changed.into_iter().map(Link::compile));
+        if inner.catch_up(&self.path, false)? {
+            self.table.replace(inner.links.clone());
         }
         Ok(())
     }
@@ -173,17 +210,15 @@ impl Store {
                 inner.offset += buf.len() as u64;
                 inner.lines += records.len();
                 for r in records {
-                    if let Some(link) = inner.apply(r) {
-                        changed.push(link);
-                    }
+                    changed |= inner.apply(r);
                 }
             }
             Ok((changed, out))
         })();
         inner.file.unlock().map_err(io_err(&self.path))?;
         let (changed, out) = result?;
-        if !changed.is_empty() {
-            self.table.update(changed.into_iter().map(Link::compile));
+        if changed {
+            self.table.replace(inner.links.clone());
         }
         Ok(out)
     }
@@ -200,14 +235,14 @@ impl Store {
             let mut taken_now = BTreeSet::new();
             for NewLink { code, mut record } in new {
                 let code = match code {
-                    Some(c) if inner.links.contains_key(&c) || taken_now.contains(&c) => {
+                    Some(c) if inner.links.get(&c).is_some() || taken_now.contains(&c) => {
                         results.push(Err(StoreError::CodeTaken(c)));
                         continue;
                     }
                     Some(c) => c,
                     None => loop {
                         let c = crate::links::validate::random_code(len);
-                        if !inner.links.contains_key(&c) && !taken_now.contains(&c) {
+                        if inner.links.get(&c).is_none() && !taken_now.contains(&c) {
                             break c;
                         }
                     },
@@ -235,7 +270,9 @@ impl Store {
 
     /// The live (not deleted) link with this code.
     pub fn get_link(&self, code: &str) -> Option<LinkRecord> {
-        self.lock().links.get(code).filter(|l| !l.deleted).cloned()
+        let inner = self.lock();
+        let link = inner.links.get(code).filter(|l| !l.is_deleted())?;
+        Some(link.to_record())
     }
 
     /// Changes a live link; `change` may refuse by returning an error.
@@ -247,7 +284,7 @@ impl Store {
         let mut refused = None;
         let result = self.write(|inner| {
             let mut rec = match inner.links.get(code) {
-                Some(l) if !l.deleted => l.clone(),
+                Some(l) if !l.is_deleted() => l.to_record(),
                 _ => return Err(StoreError::NotFound),
             };
             if let Err(e) = change(&mut rec) {
@@ -271,29 +308,45 @@ impl Store {
     ) -> Vec<LinkRecord> {
         use std::ops::Bound::{Excluded, Unbounded};
         let inner = self.lock();
+        let after = cursor.map_or(Unbounded, Excluded);
+        fn page<'a>(
+            set: &'a BTreeSet<ByCode>,
+            after: std::ops::Bound<&str>,
+            limit: usize,
+        ) -> impl Iterator<Item = &'a ByCode> {
+            set.range::<str, _>((after, Unbounded)).take(limit)
+        }
         match tenant {
-            Some(t) => {
-                let start = match cursor {
-                    Some(c) => Excluded((t.to_owned(), c.to_owned())),
-                    None => Excluded((t.to_owned(), String::new())),
-                };
-                inner
-                    .by_tenant
-                    .range((start, Unbounded))
-                    .take_while(|(tenant, _)| tenant == t)
-                    .take(limit)
-                    .filter_map(|(_, code)| inner.links.get(code).cloned())
-                    .collect()
-            }
+            Some(t) => inner
+                .by_tenant
+                .get(t)
+                .into_iter()
+                .flat_map(|t| page(&t.live, after, limit))
+                .map(|l| l.0.to_record())
+                .collect(),
             None => {
-                let start = cursor.map_or(Unbounded, |c| Excluded(c.to_owned()));
-                inner
-                    .links
-                    .range::<String, _>((start, Unbounded))
-                    .filter(|(_, l)| !l.deleted)
-                    .take(limit)
-                    .map(|(_, l)| l.clone())
-                    .collect()
+                // Merge the tenants' pages by code.
+                let mut pages: Vec<_> = inner
+                    .by_tenant
+                    .values()
+                    .map(|t| page(&t.live, after, limit))
+                    .collect();
+                let mut heads: BinaryHeap<_> = pages
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some(Reverse((p.next()?, i))))
+                    .collect();
+                let mut out = Vec::new();
+                while out.len() < limit {
+                    let Some(Reverse((link, i))) = heads.pop() else {
+                        break;
+                    };
+                    out.push(link.0.to_record());
+                    if let Some(next) = pages[i].next() {
+                        heads.push(Reverse((next, i)));
+                    }
+                }
+                out
             }
         }
     }
@@ -338,9 +391,11 @@ impl Inner {
     /// Reads and applies what was appended since `offset`. With `exclusive`
     /// (the file lock is held) a torn tail is cut off; without, an incomplete
     /// last line is left for the next read, as its writer may still be busy.
-    fn catch_up(&mut self, path: &Path, exclusive: bool) -> Result<Vec<LinkRecord>, StoreError> {
+    /// Returns whether any link changed.
+    fn catch_up(&mut self, path: &Path, exclusive: bool) -> Result<bool, StoreError> {
         let io = io_err(path);
         let on_disk = std::fs::metadata(path).map_err(io)?;
+        let mut changed = false;
         if on_disk.ino() != self.inode || on_disk.len() < self.offset {
             // Replaced underneath us (compaction by a restarted serve).
             self.file = open_append(path)?;
@@ -348,18 +403,16 @@ impl Inner {
             self.offset = 0;
             self.lines = 0;
             self.records = 0;
-            self.links.clear();
+            changed = !self.links.is_empty();
+            self.links = LinkTable::default();
             self.by_tenant.clear();
             self.tokens.clear();
         }
         if on_disk.len() == self.offset {
-            return Ok(Vec::new());
+            return Ok(changed);
         }
-        let mut changed = Vec::new();
         let read = record_log::read_from(path, self.offset, self.lines + 1, |rec: Record| {
-            if let Some(link) = self.apply(rec) {
-                changed.push(link);
-            }
+            changed |= self.apply(rec);
         })
         .map_err(|source| StoreError::Read {
             path: path.to_owned(),
@@ -380,25 +433,37 @@ impl Inner {
         Ok(changed)
     }
 
-    /// Applies one record; returns the link to republish, if it was a link.
-    fn apply(&mut self, rec: Record) -> Option<LinkRecord> {
+    /// Applies one record; returns whether it was a link.
+    fn apply(&mut self, rec: Record) -> bool {
         self.records += 1;
         match rec {
-            Record::Link(link) => {
-                let key = (link.tenant.clone(), link.code.clone());
-                if let Some(old) = self.links.get(&link.code) {
-                    self.by_tenant
-                        .remove(&(old.tenant.clone(), old.code.clone()));
+            Record::Link(rec) => {
+                if let Some(old) = self.links.get(&rec.code) {
+                    if let Some(t) = self.by_tenant.get_mut(old.tenant()) {
+                        t.live.remove(old.code());
+                    }
                 }
-                if !link.deleted {
-                    self.by_tenant.insert(key);
+                let tenant = match self.by_tenant.get_mut(rec.tenant.as_str()) {
+                    Some(t) => t,
+                    None => self
+                        .by_tenant
+                        .entry(rec.tenant.clone())
+                        .or_insert_with(|| Tenant {
+                            name: Arc::new(rec.tenant.clone()),
+                            live: BTreeSet::new(),
+                        }),
+                };
+                // Links of one tenant share its name.
+                let link = Arc::new(Link::compile_for(rec, tenant.name.clone()));
+                if !link.is_deleted() {
+                    tenant.live.insert(ByCode(link.clone()));
                 }
-                self.links.insert(link.code.clone(), link.clone());
-                Some(link)
+                self.links.insert(link);
+                true
             }
             Record::Token(t) => {
                 self.tokens.insert(t.hash.clone(), t);
-                None
+                false
             }
         }
     }
@@ -407,8 +472,10 @@ impl Inner {
     fn compact(&mut self, path: &Path) -> Result<(), StoreError> {
         let mut buf = Vec::new();
         let mut count = 0;
-        for l in self.links.values() {
-            let json = serde_json::to_string(&Record::Link(l.clone())).expect("serialise");
+        let mut links: Vec<&Arc<Link>> = self.links.iter().collect();
+        links.sort_unstable_by(|a, b| a.code().cmp(b.code()));
+        for l in links {
+            let json = serde_json::to_string(&Record::Link(l.to_record())).expect("serialise");
             record_log::encode(&json, &mut buf);
             count += 1;
         }
@@ -583,6 +650,44 @@ mod tests {
             create(&store, Some("a1"), "A"),
             Err(StoreError::CodeTaken(_))
         ));
+    }
+
+    #[test]
+    fn listing_all_tenants_merges_them_in_code_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for (code, tenant) in [("d", "B"), ("a", "A"), ("e", "C"), ("b", "B"), ("c", "A")] {
+            create(&store, Some(code), tenant).unwrap();
+        }
+        let codes = |page: Vec<LinkRecord>| page.into_iter().map(|l| l.code).collect::<Vec<_>>();
+        assert_eq!(codes(store.list_links(None, None, 3)), ["a", "b", "c"]);
+        assert_eq!(codes(store.list_links(None, Some("c"), 3)), ["d", "e"]);
+        assert_eq!(codes(store.list_links(Some("B"), Some("b"), 3)), ["d"]);
+        assert!(store.list_links(Some("nobody"), None, 3).is_empty());
+    }
+
+    #[test]
+    fn a_changed_link_moves_between_tenants_and_keeps_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        create(&store, Some("x"), "A").unwrap();
+        store
+            .update_link::<StoreError>("x", |l| {
+                l.tenant = "B".into();
+                l.destination = "https://changed.example/".into();
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.list_links(Some("A"), None, 10).is_empty());
+        assert_eq!(store.list_links(Some("B"), None, 10).len(), 1);
+        let published = store.table().load_full();
+        let link = published.get("x").unwrap();
+        assert_eq!(link.destination(), "https://changed.example/");
+        // The store's table and the published one hold the same `Link`.
+        assert!(Arc::ptr_eq(link, store.lock().links.get("x").unwrap()));
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get_link("x").unwrap().tenant, "B");
     }
 
     #[test]

@@ -4,41 +4,11 @@
 //! Only the tail can be torn (a crash mid-append); anything else that fails
 //! to verify is corruption and is reported with its line number.
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    Whole(&'a str),
-    /// An incomplete or damaged last line: safe to cut off.
-    TornTail,
-    Corrupt {
-        line: usize,
-    },
-}
-
 pub fn encode(json: &str, out: &mut Vec<u8>) {
     let crc = crc32fast::hash(json.as_bytes());
     out.extend_from_slice(format!("{crc:08x} ").as_bytes());
     out.extend_from_slice(json.as_bytes());
     out.push(b'\n');
-}
-
-/// Splits `buf` into frames. `first_line` numbers lines for error messages.
-/// Returns the frames and the number of bytes that ended in a newline.
-pub fn decode(buf: &[u8], first_line: usize) -> (Vec<Frame<'_>>, usize) {
-    let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut frames = Vec::new();
-    let lines: Vec<&[u8]> = buf[..complete].split(|&b| b == b'\n').collect();
-    let n = lines.len().saturating_sub(1); // split leaves "" after the last \n
-    for (i, line) in lines.into_iter().take(n).enumerate() {
-        let last = i + 1 == n && complete == buf.len();
-        match verify(line) {
-            Some(json) => frames.push(Frame::Whole(json)),
-            None if last => frames.push(Frame::TornTail),
-            None => frames.push(Frame::Corrupt {
-                line: first_line + i,
-            }),
-        }
-    }
-    (frames, complete)
 }
 
 /// Why a framed file could not be read.
@@ -93,32 +63,55 @@ pub fn read_raw_from<E: From<ReadError>>(
     first_line: usize,
     mut f: impl FnMut(usize, &str) -> Result<bool, E>,
 ) -> Result<Read, E> {
-    use std::io::{Read as _, Seek, SeekFrom};
-    let mut buf = Vec::new();
-    let mut file = std::fs::File::open(path).map_err(ReadError::Io)?;
-    file.seek(SeekFrom::Start(offset)).map_err(ReadError::Io)?;
-    file.read_to_end(&mut buf).map_err(ReadError::Io)?;
-    let (frames, complete) = decode(&buf, first_line);
+    use std::io::{BufRead, Seek, SeekFrom};
+    let io = |e: std::io::Error| E::from(ReadError::Io(e));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    // Line by line: a store of a million links is hundreds of MB of text,
+    // and memory handed back to the allocator is not always handed back
+    // to the system.
+    let mut reader = std::io::BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut line = Vec::new();
     let mut read = Read {
         consumed: 0,
         records: 0,
-        torn: complete < buf.len(),
+        torn: false,
     };
-    for frame in frames {
-        match frame {
-            Frame::Whole(json) => {
-                if !f(first_line + read.records, json)? {
-                    break;
-                }
-                read.consumed += (json.len() + FRAME_OVERHEAD) as u64;
-                read.records += 1;
-            }
-            Frame::TornTail => read.torn = true,
-            Frame::Corrupt { line } => return Err(ReadError::Corrupt { line }.into()),
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
         }
+        let Some(framed) = line.strip_suffix(b"\n") else {
+            // No newline (yet): an interrupted or unfinished append.
+            read.torn = true;
+            break;
+        };
+        let json = match verify(framed) {
+            Some(json) => json,
+            // A damaged last line is a torn tail; one with lines after it
+            // is corruption.
+            None if reader.fill_buf().map_err(io)?.is_empty() => {
+                read.torn = true;
+                break;
+            }
+            None => {
+                return Err(ReadError::Corrupt {
+                    line: first_line + read.records,
+                }
+                .into())
+            }
+        };
+        if !f(first_line + read.records, json)? {
+            break;
+        }
+        read.consumed += (json.len() + FRAME_OVERHEAD) as u64;
+        read.records += 1;
     }
     Ok(read)
 }
+
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Bytes a frame adds to its JSON: 8 hex digits, a space, a newline.
 const FRAME_OVERHEAD: usize = 10;
@@ -134,32 +127,48 @@ fn verify(line: &[u8]) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// Reads `bytes` as a framed file of JSON strings.
+    fn read_all(bytes: &[u8]) -> (Result<Read, ReadError>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, bytes).unwrap();
+        let mut got = Vec::new();
+        let read = read_from(&path, 0, 1, |s: String| got.push(s));
+        (read, got)
+    }
+
     #[test]
     fn round_trips_and_detects_a_torn_tail() {
         let mut buf = Vec::new();
-        encode("{\"a\":1}", &mut buf);
-        encode("{\"b\":2}", &mut buf);
-        let (frames, used) = decode(&buf, 1);
-        assert_eq!(
-            frames,
-            vec![Frame::Whole("{\"a\":1}"), Frame::Whole("{\"b\":2}")]
-        );
-        assert_eq!(used, buf.len());
+        encode("\"a\"", &mut buf);
+        encode("\"b\"", &mut buf);
+        let (read, got) = read_all(&buf);
+        assert_eq!(got, ["a", "b"]);
+        let read = read.unwrap();
+        assert_eq!((read.consumed, read.torn), (buf.len() as u64, false));
 
         // Half a record without its newline is simply not consumed.
         let mut torn = buf.clone();
-        torn.extend_from_slice(b"deadbeef {\"c\"");
-        let (frames, used) = decode(&torn, 1);
-        assert_eq!(frames.len(), 2);
-        assert_eq!(used, buf.len());
+        torn.extend_from_slice(b"deadbeef \"c");
+        let (read, got) = read_all(&torn);
+        assert_eq!(got.len(), 2);
+        let read = read.unwrap();
+        assert_eq!((read.consumed, read.torn), (buf.len() as u64, true));
 
         // A damaged last line is a torn tail; a damaged middle line is corruption.
         let mut bad_last = buf.clone();
-        bad_last.extend_from_slice(b"00000000 {}\n");
-        assert_eq!(decode(&bad_last, 1).0[2], Frame::TornTail);
-        let mut bad_mid = b"00000000 {}\n".to_vec();
+        bad_last.extend_from_slice(b"00000000 \"c\"\n");
+        let (read, got) = read_all(&bad_last);
+        assert_eq!(got.len(), 2);
+        assert!(read.unwrap().torn);
+        let mut bad_mid = buf.clone();
+        bad_mid.extend_from_slice(b"00000000 \"c\"\n");
         bad_mid.extend_from_slice(&buf);
-        assert_eq!(decode(&bad_mid, 1).0[0], Frame::Corrupt { line: 1 });
+        let (read, _) = read_all(&bad_mid);
+        assert!(
+            matches!(read, Err(ReadError::Corrupt { line: 3 })),
+            "{read:?}"
+        );
     }
 
     #[test]
