@@ -236,20 +236,11 @@ mod tests {
     use crate::links::{Link, LinkRecord};
 
     fn link() -> Arc<Link> {
-        let now = chrono::Utc::now();
-        Arc::new(Link::compile(LinkRecord {
-            code: "abc".into(),
-            tenant: "acme".into(),
-            destination: "https://example.com/".into(),
-            redirect: 302,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            disabled: false,
-            deleted: false,
-            tags: vec![],
-            passthrough: true,
-        }))
+        Arc::new(Link::compile(LinkRecord::for_tests(
+            "abc",
+            "acme",
+            "https://example.com/",
+        )))
     }
 
     #[test]

@@ -36,6 +36,27 @@ pub struct LinkRecord {
     pub passthrough: bool,
 }
 
+#[cfg(test)]
+impl LinkRecord {
+    /// A live, passthrough 302 link created now: the unit tests' fixture.
+    pub(crate) fn for_tests(code: &str, tenant: &str, destination: &str) -> LinkRecord {
+        let now = chrono::Utc::now();
+        LinkRecord {
+            code: code.into(),
+            tenant: tenant.into(),
+            destination: destination.into(),
+            redirect: 302,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            disabled: false,
+            deleted: false,
+            tags: vec![],
+            passthrough: true,
+        }
+    }
+}
+
 /// What the edge should do with a request for a link right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {

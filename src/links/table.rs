@@ -247,24 +247,10 @@ impl SharedLinkTable {
 mod tests {
     use super::*;
     use crate::links::LinkRecord;
-    use chrono::Utc;
     use proptest::prelude::*;
 
     fn link(code: &str, destination: &str) -> Link {
-        let now = Utc::now();
-        Link::compile(LinkRecord {
-            code: code.into(),
-            tenant: "t".into(),
-            destination: destination.into(),
-            redirect: 302,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            disabled: false,
-            deleted: false,
-            tags: vec![],
-            passthrough: true,
-        })
+        Link::compile(LinkRecord::for_tests(code, "t", destination))
     }
 
     #[test]

@@ -515,20 +515,7 @@ mod tests {
     use std::fs::OpenOptions;
 
     fn record(code: &str, tenant: &str) -> LinkRecord {
-        let now = Utc::now();
-        LinkRecord {
-            code: code.into(),
-            tenant: tenant.into(),
-            destination: "https://example.com/".into(),
-            redirect: 302,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            disabled: false,
-            deleted: false,
-            tags: vec![],
-            passthrough: true,
-        }
+        LinkRecord::for_tests(code, tenant, "https://example.com/")
     }
 
     fn open(dir: &Path) -> Store {
