@@ -38,11 +38,17 @@ impl Interval {
     }
 }
 
+/// foldhash rather than SipHash for the link map and the visitor sets: the
+/// click-log writer updates both for every click, and neither key is the
+/// client's to choose (codes are looked up in the table first; visitor keys
+/// are salted hashes).
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Bucket {
     clicks: u64,
     bots: u64,
-    visitors: HashSet<u64>,
+    visitors: HashSet<u64, Fast>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -126,7 +132,7 @@ pub struct SeriesPoint {
 
 #[derive(Default)]
 pub struct StatsIndex {
-    links: DashMap<String, LinkStats>,
+    links: DashMap<String, LinkStats, Fast>,
 }
 
 impl StatsIndex {

@@ -154,6 +154,18 @@ struct Pending {
     visitor: u64,
 }
 
+impl Pending {
+    fn indexed(&self) -> crate::postback::click_index::IndexedClick<'_> {
+        crate::postback::click_index::IndexedClick {
+            click_id: self.click_id.as_str(),
+            ts_ms: self.ts_ms,
+            code: self.code.code(),
+            tenant: self.code.tenant(),
+            bot: self.bot,
+        }
+    }
+}
+
 impl Writer {
     fn run(&mut self) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 64 * 1024);
@@ -205,19 +217,12 @@ impl Writer {
                 failures = 0;
                 buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
-                let now_ms = chrono::Utc::now().timestamp_millis();
+                // Index first: a click visible in stats is matchable.
+                if let Some(index) = &self.cfg.click_index {
+                    let now_ms = chrono::Utc::now().timestamp_millis();
+                    index.record_all(pending.iter().map(Pending::indexed), now_ms);
+                }
                 for p in pending.drain(..) {
-                    // Index first: a click visible in stats is matchable.
-                    if let Some(index) = &self.cfg.click_index {
-                        index.record(
-                            p.click_id.as_str(),
-                            p.ts_ms,
-                            p.code.code(),
-                            p.code.tenant(),
-                            p.bot,
-                            now_ms,
-                        );
-                    }
                     self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
                 }
             }

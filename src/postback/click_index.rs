@@ -36,6 +36,16 @@ pub struct LinkKey {
     pub tenant: String,
 }
 
+/// One written click, as the index takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexedClick<'a> {
+    pub click_id: &'a str,
+    pub ts_ms: i64,
+    pub code: &'a str,
+    pub tenant: &'a str,
+    pub bot: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClickRef {
     pub link: Arc<LinkKey>,
@@ -90,41 +100,67 @@ impl ClickIndex {
         bot: bool,
         now_ms: i64,
     ) {
-        let Ok(key) = <[u8; 32]>::try_from(click_id.as_bytes()) else {
-            return;
+        let click = IndexedClick {
+            click_id,
+            ts_ms,
+            code,
+            tenant,
+            bot,
         };
-        if ts_ms < now_ms - self.window_ms {
-            return;
+        self.record_all([click], now_ms);
+    }
+
+    /// Adds written clicks under one lock: the click-log writer's batch.
+    pub fn record_all<'a>(&self, clicks: impl IntoIterator<Item = IndexedClick<'a>>, now_ms: i64) {
+        let mut guard = None;
+        for click in clicks {
+            let Ok(key) = <[u8; 32]>::try_from(click.click_id.as_bytes()) else {
+                continue;
+            };
+            if click.ts_ms < now_ms - self.window_ms {
+                continue;
+            }
+            let inner =
+                guard.get_or_insert_with(|| self.inner.write().unwrap_or_else(|p| p.into_inner()));
+            self.insert(inner, key, &click, now_ms);
         }
-        let day = ts_ms.div_euclid(DAY_MS);
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+    }
+
+    fn insert(&self, inner: &mut Days, key: [u8; 32], click: &IndexedClick<'_>, now_ms: i64) {
+        let day = click.ts_ms.div_euclid(DAY_MS);
         // Looked up by `&str`: no allocation for a known link.
-        let link = match inner.links.get(code) {
-            Some(l) if l.tenant == tenant => l.clone(),
+        let link = match inner.links.get(click.code) {
+            Some(l) if l.tenant == click.tenant => l.clone(),
             _ => {
                 let l = Arc::new(LinkKey {
-                    code: code.to_owned(),
-                    tenant: tenant.to_owned(),
+                    code: click.code.to_owned(),
+                    tenant: click.tenant.to_owned(),
                 });
-                inner.links.insert(code.to_owned(), l.clone());
+                inner.links.insert(click.code.to_owned(), l.clone());
                 l
             }
         };
-        let new_day = !inner.days.contains_key(&day);
+        let new_day = inner.days.last_key_value().is_none_or(|(d, _)| *d != day)
+            && !inner.days.contains_key(&day);
+        let value = ClickRef {
+            link,
+            ts_ms: click.ts_ms,
+            bot: click.bot,
+        };
         if inner
             .days
             .entry(day)
             .or_default()
-            .insert(key, ClickRef { link, ts_ms, bot })
+            .insert(key, value)
             .is_none()
         {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         if new_day {
-            self.expire(&mut inner, now_ms);
+            self.expire(inner, now_ms);
         }
         while self.len() > self.max_clicks && inner.days.len() > 1 {
-            self.drop_oldest(&mut inner);
+            self.drop_oldest(inner);
         }
     }
 
