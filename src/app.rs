@@ -224,13 +224,14 @@ pub async fn serve(
         warehouse,
         ledger: postbacks.ledger.clone(),
         clicklog,
-        metrics,
+        metrics: metrics.clone(),
         public_url: config.edge.public_url.clone(),
         default_redirect: config.links.default_redirect,
         max_body_bytes: config.admin.max_body_bytes,
         request_timeout: config.admin.request_timeout,
     });
 
+    let metrics_handle = metrics;
     let edge_listener = bind("edge.listen", config.edge.listen)?;
     let admin_listener = bind("admin.listen", config.admin.listen)?;
     let edge_limits = HttpLimits {
@@ -296,6 +297,9 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(limiter.run_sweeper(shutdown.clone()));
+    if let Some(handle) = metrics_handle {
+        tasks.spawn(crate::telemetry::run_upkeep(handle, shutdown.clone()));
+    }
     tasks.close();
     tracing::info!(
         node = %config.edge.node_id,

@@ -63,6 +63,20 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets until `shutdown`. Without it
+/// the recorder (built with `build_recorder`, which starts no upkeep of its
+/// own) keeps every sample until the next scrape: 8 bytes per redirect,
+/// hundreds of MB an hour under load when nobody scrapes.
+pub async fn run_upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    let mut ticker = crate::time::Ticker::new(UPKEEP_EVERY, shutdown);
+    while ticker.tick().await {
+        handle.run_upkeep();
+    }
+}
+
 /// HELP texts, and zero values for the counters ops alert on, so a rate
 /// query works before the first overflow or rejected connection.
 fn describe_and_zero() {

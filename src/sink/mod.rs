@@ -88,6 +88,9 @@ pub async fn run(
         // Tests and scripts read this line to learn the port.
         tracing::info!(listener = "sink.metrics_listen", %addr, "listening");
     }
+    let upkeep = metrics
+        .clone()
+        .map(|handle| tokio::spawn(telemetry::run_upkeep(handle, shutdown.clone())));
     let metrics_task = tokio::spawn(server::serve(
         "sink_metrics",
         listener,
@@ -200,6 +203,9 @@ pub async fn run(
     }
     let _ = retention.await;
     let _ = metrics_task.await;
+    if let Some(upkeep) = upkeep {
+        let _ = upkeep.await;
+    }
     tracing::info!("sink: stopped");
     Ok(())
 }
