@@ -141,7 +141,8 @@ pub async fn serve(
             edge_node: config.edge.node_id.clone(),
             click_index: Some(postbacks.click_index.clone()),
         },
-        stats.clone(),
+        // Full mode reads stats from ClickHouse.
+        full.is_none().then(|| stats.clone()),
     )
     .map_err(ServeError::ClickLog)?;
 

@@ -84,7 +84,7 @@ pub fn fixture(links: usize) -> Fixture {
             edge_node: "bench".into(),
             click_index: None,
         },
-        Arc::new(StatsIndex::default()),
+        Some(Arc::new(StatsIndex::default())),
     )
     .unwrap();
     let cookie_cfg = CookieConfig {

@@ -70,9 +70,13 @@ impl WriterHandle {
 
 /// Opens the log (repairing a torn tail), replays what the stats snapshot
 /// has not seen, and starts the writer thread.
+///
+/// `stats` is `None` in full mode, where stats are read from ClickHouse:
+/// the embedded index would cost the writer a map update per click (and
+/// its memory) for nobody to read.
 pub fn spawn_writer(
     cfg: WriterConfig,
-    stats: Arc<StatsIndex>,
+    stats: Option<Arc<StatsIndex>>,
 ) -> std::io::Result<(ClickLog, WriterHandle)> {
     let dir = cfg.data_dir.join(segments::DIR_NAME);
     crate::fsutil::create_private_dir(&dir)?;
@@ -84,13 +88,15 @@ pub fn spawn_writer(
         ),
         None => (1, 0),
     };
-    let watermark = stats.load_snapshot(&cfg.data_dir)?;
-    let replayed_to = stats.replay(&dir, watermark)?;
-    tracing::info!(
-        from = ?watermark,
-        to = ?replayed_to,
-        "clicklog: stats caught up with the log"
-    );
+    if let Some(stats) = &stats {
+        let watermark = stats.load_snapshot(&cfg.data_dir)?;
+        let replayed_to = stats.replay(&dir, watermark)?;
+        tracing::info!(
+            from = ?watermark,
+            to = ?replayed_to,
+            "clicklog: stats caught up with the log"
+        );
+    }
     let (seq, len) = if len >= cfg.segment_bytes {
         (seq + 1, 0)
     } else {
@@ -140,7 +146,7 @@ struct Writer {
     position: Position,
     synced: bool,
     classifier: CachedClassifier,
-    stats: Arc<StatsIndex>,
+    stats: Option<Arc<StatsIndex>>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
 }
@@ -222,9 +228,12 @@ impl Writer {
                     let now_ms = chrono::Utc::now().timestamp_millis();
                     index.record_all(pending.iter().map(Pending::indexed), now_ms);
                 }
-                for p in pending.drain(..) {
-                    self.stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                if let Some(stats) = &self.stats {
+                    for p in &pending {
+                        stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                    }
                 }
+                pending.clear();
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
             if !self.synced && (fsync_due || stopping) {
@@ -237,9 +246,10 @@ impl Writer {
                 last_fsync = Instant::now();
             }
             self.rotate_if_full();
-            if self.synced && (stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval) {
+            let snapshot_due = stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval;
+            if let Some(stats) = self.stats.as_ref().filter(|_| self.synced && snapshot_due) {
                 // A failed checkpoint only means a longer replay at start-up.
-                if let Err(e) = self.stats.save_snapshot(
+                if let Err(e) = stats.save_snapshot(
                     &self.cfg.data_dir,
                     self.position,
                     self.retention_cutoff_ms(),
