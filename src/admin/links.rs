@@ -37,6 +37,26 @@ pub struct CreateBody {
     tenant: Option<String>,
 }
 
+/// The answer to a batch: one result per item, in order.
+#[derive(Debug, Serialize)]
+pub struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Created { status: u16, link: LinkView },
+    Refused { status: u16, error: BatchError },
+}
+
+/// The `error` object of an error answer (`ApiError::to_json`).
+#[derive(Debug, Serialize)]
+struct BatchError {
+    code: &'static str,
+    message: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
@@ -150,28 +170,29 @@ impl Admin {
         Ok(self.view(rec))
     }
 
-    pub(super) fn batch(
-        &self,
-        who: &Principal,
-        body: &[u8],
-    ) -> Result<serde_json::Value, ApiError> {
+    /// Creates up to `MAX_BATCH` links, each validated alone, the valid ones
+    /// stored in one write. Items are kept as raw JSON text until parsed
+    /// into their own type, and the answer is written from typed values:
+    /// a `serde_json::Value` tree per item (and per answer) was short-lived
+    /// garbage left among a million long-lived links after a large import.
+    pub(super) fn batch(&self, who: &Principal, body: &[u8]) -> Result<BatchAnswer, ApiError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Batch {
-            links: Vec<serde_json::Value>,
+        struct Batch<'a> {
+            #[serde(borrow)]
+            links: Vec<&'a serde_json::value::RawValue>,
         }
-        let batch: Batch = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        let batch: Batch<'_> = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
         if batch.links.len() > MAX_BATCH {
             return Err(ApiError::invalid(
                 "batch_too_large",
                 format!("at most {MAX_BATCH} links per batch"),
             ));
         }
-        // Validate each item alone; store the valid ones in one write.
         let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(batch.links.len());
         let mut valid = Vec::new();
         for item in batch.links {
-            let parsed = serde_json::from_value::<CreateBody>(item)
+            let parsed = serde_json::from_str::<CreateBody>(item.get())
                 .map_err(|e| ApiError::invalid("invalid_link", e.to_string()))
                 .and_then(|b| self.new_link(who, b));
             slots.push(parsed.map(|new| {
@@ -179,10 +200,13 @@ impl Admin {
                 valid.len() - 1
             }));
         }
-        let stored = self.store.create_links(valid);
-        let mut stored: Vec<Option<Result<LinkRecord, StoreError>>> =
-            stored.into_iter().map(Some).collect();
-        let results: Vec<serde_json::Value> = slots
+        let mut stored: Vec<Option<Result<LinkRecord, StoreError>>> = self
+            .store
+            .create_links(valid)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let results = slots
             .into_iter()
             .map(|slot| {
                 let outcome = slot.and_then(|i| {
@@ -192,14 +216,21 @@ impl Admin {
                         .map_err(store_error)
                 });
                 match outcome {
-                    Ok(rec) => serde_json::json!({"status": 201, "link": self.view(rec)}),
-                    Err(e) => {
-                        serde_json::json!({"status": e.status.as_u16(), "error": e.to_json()["error"]})
-                    }
+                    Ok(rec) => BatchResult::Created {
+                        status: StatusCode::CREATED.as_u16(),
+                        link: self.view(rec),
+                    },
+                    Err(e) => BatchResult::Refused {
+                        status: e.status.as_u16(),
+                        error: BatchError {
+                            code: e.code,
+                            message: e.message,
+                        },
+                    },
                 }
             })
             .collect();
-        Ok(serde_json::json!({ "results": results }))
+        Ok(BatchAnswer { results })
     }
 
     /// The live link `code` if `who` may see it; 404 otherwise.
