@@ -382,3 +382,94 @@ fn open_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
     crate::fsutil::sync_parent(&path)?;
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clicks::{ClickIds, ClientText, IpHash, Signals};
+    use crate::links::{Link, LinkRecord};
+
+    fn config(dir: &std::path::Path) -> WriterConfig {
+        WriterConfig {
+            data_dir: dir.to_owned(),
+            queue_capacity: 16,
+            overflow: OverflowPolicy::Backpressure,
+            overflow_wait: Duration::from_millis(50),
+            fsync_interval: Duration::from_millis(10),
+            segment_bytes: 1 << 20,
+            snapshot_interval: Duration::from_millis(1),
+            retention: Duration::from_secs(86_400),
+            delete_old_segments: true,
+            edge_node: "test".into(),
+            click_index: None,
+        }
+    }
+
+    fn click() -> ClickEvent {
+        let link = Arc::new(Link::compile(LinkRecord::for_tests(
+            "abc",
+            "acme",
+            "https://example.com/",
+        )));
+        let now = crate::time::now_ms();
+        ClickEvent::new(
+            ClickIds::new(&crate::keys::MasterKey::for_tests()).mint(now as u64),
+            now,
+            link,
+            IpHash {
+                epoch: 1,
+                digest: [7; 16],
+            },
+            Signals::default(),
+            ClientText {
+                user_agent: b"Mozilla/5.0",
+                referer: b"",
+                sub: "",
+            },
+        )
+    }
+
+    fn logged_lines(dir: &std::path::Path) -> usize {
+        let log = dir.join(segments::DIR_NAME);
+        segments::list(&log)
+            .unwrap()
+            .iter()
+            .map(|seq| {
+                let text = std::fs::read_to_string(segments::segment_path(&log, *seq)).unwrap();
+                text.lines().count()
+            })
+            .sum()
+    }
+
+    async fn record_one_and_stop(dir: &std::path::Path, stats: Option<Arc<StatsIndex>>) {
+        let (log, writer) = spawn_writer(config(dir), stats).unwrap();
+        assert_eq!(log.record(click()).await, super::super::Recorded::Queued);
+        writer.shutdown().unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_stats_the_writer_counts_and_checkpoints_each_click() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(StatsIndex::default());
+        record_one_and_stop(dir.path(), Some(stats.clone())).await;
+        assert_eq!(logged_lines(dir.path()), 1);
+        let now = crate::time::now_ms();
+        let (counts, _) = stats.query(
+            "abc",
+            now - 3_600_000,
+            now + 1,
+            crate::stats::Interval::Hour,
+        );
+        assert_eq!(counts.clicks, 1);
+        assert!(dir.path().join("stats.snapshot").exists());
+    }
+
+    #[tokio::test]
+    async fn without_stats_the_click_is_logged_and_no_snapshot_is_written() {
+        // Full mode: stats are ClickHouse's.
+        let dir = tempfile::tempdir().unwrap();
+        record_one_and_stop(dir.path(), None).await;
+        assert_eq!(logged_lines(dir.path()), 1);
+        assert!(!dir.path().join("stats.snapshot").exists());
+    }
+}
