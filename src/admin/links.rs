@@ -37,6 +37,40 @@ pub struct CreateBody {
     tenant: Option<String>,
 }
 
+/// serde_json's own recursion limit. Batch items are skimmed as raw text
+/// first, which serde_json does without counting depth, so the batch checks
+/// it itself: a body nested deeper is `invalid_json` as anywhere else.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether no array or object in `body` is nested deeper than `max`
+/// (brackets inside strings do not count).
+fn nesting_within(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The answer to a batch: one result per item, in order.
 #[derive(Debug, Serialize)]
 pub struct BatchAnswer {
@@ -181,6 +215,11 @@ impl Admin {
         struct Batch<'a> {
             #[serde(borrow)]
             links: Vec<&'a serde_json::value::RawValue>,
+        }
+        if !nesting_within(body, MAX_JSON_DEPTH) {
+            return Err(ApiError::invalid_json(format!(
+                "nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
         }
         let batch: Batch<'_> = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
         if batch.links.len() > MAX_BATCH {
@@ -473,5 +512,22 @@ fn store_error(e: StoreError) -> ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         store_error(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_within;
+
+    #[test]
+    fn nesting_is_counted_over_arrays_and_objects_but_not_inside_strings() {
+        assert!(nesting_within(br#"{"links":[{"a":[1]}]}"#, 4));
+        assert!(!nesting_within(br#"{"links":[{"a":[1]}]}"#, 3));
+        // Brackets in strings, escaped quotes included, are text.
+        assert!(nesting_within(br#"{"a":"[[[{{{\"[[["}"#, 1));
+        assert!(nesting_within(br#"["\\"]"#, 1));
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(!nesting_within(deep.as_bytes(), 128));
+        assert!(nesting_within(&deep.as_bytes()[1..deep.len() - 1], 128));
     }
 }
