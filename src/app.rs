@@ -232,7 +232,6 @@ pub async fn serve(
         request_timeout: config.admin.request_timeout,
     });
 
-    let metrics_handle = metrics;
     let edge_listener = bind("edge.listen", config.edge.listen)?;
     let admin_listener = bind("admin.listen", config.admin.listen)?;
     let edge_limits = HttpLimits {
@@ -298,7 +297,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(limiter.run_sweeper(shutdown.clone()));
-    if let Some(handle) = metrics_handle {
+    if let Some(handle) = metrics {
         tasks.spawn(crate::telemetry::run_upkeep(handle, shutdown.clone()));
     }
     tasks.close();

@@ -72,13 +72,31 @@ impl ApiError {
         )
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    /// The status and the `error` object, apart: a batch item's answer
+    /// carries the object beside its own status.
+    pub fn into_parts(self) -> (StatusCode, ErrorBody) {
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message,
+        };
+        (self.status, body)
     }
 
     pub fn into_response(self) -> Response<Body> {
-        json_response(self.status, &self.to_json())
+        #[derive(serde::Serialize)]
+        struct Answer {
+            error: ErrorBody,
+        }
+        let (status, error) = self.into_parts();
+        json_response(status, &Answer { error })
     }
+}
+
+/// The `error` object of every admin error answer.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
 }
 
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {

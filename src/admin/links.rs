@@ -5,7 +5,7 @@ use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::auth::Principal;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::Admin;
 use crate::links::validate::{is_valid_code, normalize_destination};
 use crate::links::LinkRecord;
@@ -81,14 +81,7 @@ pub struct BatchAnswer {
 #[serde(untagged)]
 enum BatchResult {
     Created { status: u16, link: LinkView },
-    Refused { status: u16, error: BatchError },
-}
-
-/// The `error` object of an error answer (`ApiError::to_json`).
-#[derive(Debug, Serialize)]
-struct BatchError {
-    code: &'static str,
-    message: String,
+    Refused { status: u16, error: ErrorBody },
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,13 +252,13 @@ impl Admin {
                         status: StatusCode::CREATED.as_u16(),
                         link: self.view(rec),
                     },
-                    Err(e) => BatchResult::Refused {
-                        status: e.status.as_u16(),
-                        error: BatchError {
-                            code: e.code,
-                            message: e.message,
-                        },
-                    },
+                    Err(e) => {
+                        let (status, error) = e.into_parts();
+                        BatchResult::Refused {
+                            status: status.as_u16(),
+                            error,
+                        }
+                    }
                 }
             })
             .collect();

@@ -140,8 +140,7 @@ impl ClickIndex {
                 l
             }
         };
-        let new_day = inner.days.last_key_value().is_none_or(|(d, _)| *d != day)
-            && !inner.days.contains_key(&day);
+        let new_day = !inner.days.contains_key(&day);
         let value = ClickRef {
             link,
             ts_ms: click.ts_ms,
