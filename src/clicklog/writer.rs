@@ -153,7 +153,8 @@ struct Writer {
 
 /// Stats facts of one written event, applied after its bytes are on disk.
 struct Pending {
-    code: Arc<crate::links::Link>,
+    /// The event's own handle, moved here (no extra reference count).
+    link: Arc<crate::links::Link>,
     click_id: crate::clicks::ClickId,
     ts_ms: i64,
     bot: bool,
@@ -165,8 +166,7 @@ impl Pending {
         crate::postback::click_index::IndexedClick {
             click_id: self.click_id.as_str(),
             ts_ms: self.ts_ms,
-            code: self.code.code(),
-            tenant: self.code.tenant(),
+            link: &self.link,
             bot: self.bot,
         }
     }
@@ -230,7 +230,7 @@ impl Writer {
                 }
                 if let Some(stats) = &self.stats {
                     for p in &pending {
-                        stats.record(p.code.code(), p.ts_ms, p.bot, p.visitor);
+                        stats.record(p.link.code(), p.ts_ms, p.bot, p.visitor);
                     }
                 }
                 pending.clear();
@@ -275,11 +275,11 @@ impl Writer {
         let bot = self.classifier.classify(ev.user_agent(), ev.signals);
         ev.encode_json(bot, &self.cfg.edge_node, buf);
         pending.push(Pending {
-            code: ev.link.clone(),
             click_id: ev.click_id,
             ts_ms: ev.ts_ms,
             bot: bot.is_some(),
             visitor: ev.ip_hash.visitor_key(),
+            link: ev.link,
         });
     }
 

@@ -131,6 +131,26 @@ impl Link {
         }
     }
 
+    /// A link known only by its code and tenant: the link of a click read
+    /// back from the click log or the warehouse, where nothing else about it
+    /// is needed (it never goes into the table).
+    pub fn reference(code: &str, tenant: &str) -> Link {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        Link::compile(LinkRecord {
+            code: code.to_owned(),
+            tenant: tenant.to_owned(),
+            destination: String::new(),
+            redirect: 302,
+            created_at: epoch,
+            updated_at: epoch,
+            expires_at: None,
+            disabled: false,
+            deleted: false,
+            tags: vec![],
+            passthrough: false,
+        })
+    }
+
     /// The link as stored and as the admin API shows it.
     pub fn to_record(&self) -> LinkRecord {
         let time = |ms| DateTime::from_timestamp_millis(ms).expect("it came from a DateTime");

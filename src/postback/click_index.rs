@@ -12,7 +12,11 @@
 //! hashbrown map: about 56 bytes of payload, ~64–130 bytes per click with
 //! the map's load factor, ~90 on average. The default cap of 2,000,000
 //! clicks is therefore ~180 MB at most; size it as clicks per day × window
-//! days. Links are interned, so a link's code and tenant are stored once.
+//! days. A click refers to its link through the edge's own `Arc<Link>`:
+//! the writer hands it over with the click, so indexing a click looks
+//! nothing up by code (at 100k links that lookup missed the cache on every
+//! click). A link changed since keeps its old version alive only while
+//! clicks on that version are held.
 //!
 //! Fed two ways: at start-up from the click-log segments younger than the
 //! window (start-up reads them once), then by the click-log writer right
@@ -26,29 +30,23 @@ use std::sync::{Arc, RwLock};
 
 use crate::clicklog::{segments, Position};
 use crate::clicks::WireClick;
+use crate::links::Link;
 
 const DAY_MS: i64 = 86_400_000;
-
-/// The link a click went to; shared by all its clicks.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct LinkKey {
-    pub code: String,
-    pub tenant: String,
-}
 
 /// One written click, as the index takes it.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexedClick<'a> {
     pub click_id: &'a str,
     pub ts_ms: i64,
-    pub code: &'a str,
-    pub tenant: &'a str,
+    pub link: &'a Arc<Link>,
     pub bot: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct ClickRef {
-    pub link: Arc<LinkKey>,
+    /// Only its code and tenant are read.
+    pub link: Arc<Link>,
     pub ts_ms: i64,
     pub bot: bool,
 }
@@ -60,8 +58,10 @@ type Fast = foldhash::fast::RandomState;
 #[derive(Default)]
 struct Days {
     days: BTreeMap<i64, HashMap<[u8; 32], ClickRef, Fast>>,
-    /// By code: a code never moves to another tenant (codes are not reused).
-    links: HashMap<String, Arc<LinkKey>, Fast>,
+    /// [`Link::reference`]s by code, for clicks recorded by code and
+    /// tenant (read back from the log): one per link, not one per click.
+    /// A code never moves to another tenant (codes are not reused).
+    references: HashMap<String, Arc<Link>, Fast>,
 }
 
 pub struct ClickIndex {
@@ -90,7 +90,8 @@ impl ClickIndex {
         self.len() == 0
     }
 
-    /// Adds one written click. Ids that are not 32 bytes are ignored.
+    /// Adds one click known by its link's code and tenant (read back from
+    /// the log). Ids that are not 32 bytes are ignored.
     pub fn record(
         &self,
         click_id: &str,
@@ -100,11 +101,21 @@ impl ClickIndex {
         bot: bool,
         now_ms: i64,
     ) {
+        let link = {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            match inner.references.get(code) {
+                Some(l) if l.tenant() == tenant => l.clone(),
+                _ => {
+                    let l = Arc::new(Link::reference(code, tenant));
+                    inner.references.insert(code.to_owned(), l.clone());
+                    l
+                }
+            }
+        };
         let click = IndexedClick {
             click_id,
             ts_ms,
-            code,
-            tenant,
+            link: &link,
             bot,
         };
         self.record_all([click], now_ms);
@@ -128,21 +139,9 @@ impl ClickIndex {
 
     fn insert(&self, inner: &mut Days, key: [u8; 32], click: &IndexedClick<'_>, now_ms: i64) {
         let day = click.ts_ms.div_euclid(DAY_MS);
-        // Looked up by `&str`: no allocation for a known link.
-        let link = match inner.links.get(click.code) {
-            Some(l) if l.tenant == click.tenant => l.clone(),
-            _ => {
-                let l = Arc::new(LinkKey {
-                    code: click.code.to_owned(),
-                    tenant: click.tenant.to_owned(),
-                });
-                inner.links.insert(click.code.to_owned(), l.clone());
-                l
-            }
-        };
         let new_day = !inner.days.contains_key(&day);
         let value = ClickRef {
-            link,
+            link: click.link.clone(),
             ts_ms: click.ts_ms,
             bot: click.bot,
         };
@@ -172,8 +171,8 @@ impl ClickIndex {
         {
             self.drop_oldest(inner);
         }
-        // Links no click refers to any more.
-        inner.links.retain(|_, l| Arc::strong_count(l) > 1);
+        // References no click refers to any more.
+        inner.references.retain(|_, l| Arc::strong_count(l) > 1);
     }
 
     fn drop_oldest(&self, inner: &mut Days) {
@@ -244,8 +243,8 @@ mod tests {
         let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 100);
         ix.record(&id(1), NOW - 5, "spring", "acme", false, NOW);
         let c = ix.find(&id(1), NOW - 5).unwrap();
-        assert_eq!(c.link.code, "spring");
-        assert_eq!(c.link.tenant, "acme");
+        assert_eq!(c.link.code(), "spring");
+        assert_eq!(c.link.tenant(), "acme");
         assert!(ix.find(&id(2), NOW).is_none());
         assert!(ix.find("short", NOW).is_none());
     }

@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
-use super::click_index::{ClickIndex, ClickRef, LinkKey};
+use super::click_index::{ClickIndex, ClickRef};
 use super::decimal::Decimal;
 use super::ledger::{Conversion, DAY_MS};
 use super::reconcile::{totals, Money, Query, Tally};
 use super::{ClickLookup, Outcome, Status};
+use crate::links::Link;
 use crate::telemetry::Throttle;
 use crate::warehouse::conversions::{self as wh, Scope, StatusGroup};
 use crate::warehouse::WarehouseError;
@@ -66,10 +67,7 @@ impl ClickLookup for WarehouseClicks {
             .unwrap_or(Err(WarehouseError::Timeout(LOOKUP_TIMEOUT)));
         match found {
             Ok(clicks) => clicks.into_iter().next().map(|f| ClickRef {
-                link: Arc::new(LinkKey {
-                    code: f.code,
-                    tenant: f.tenant,
-                }),
+                link: Arc::new(Link::reference(&f.code, &f.tenant)),
                 ts_ms: f.ts_ms,
                 bot: f.bot != 0,
             }),

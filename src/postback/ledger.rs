@@ -187,8 +187,8 @@ impl State {
     pub fn rematch(&mut self, clicks: &dyn ClickLookup) {
         for c in self.conversions.values_mut().filter(|c| c.code.is_none()) {
             if let Some(click) = clicks.find(&c.click_id, c.click_ts_ms) {
-                c.code = Some(click.link.code.clone());
-                c.tenant = Some(click.link.tenant.clone());
+                c.code = Some(click.link.code().to_owned());
+                c.tenant = Some(click.link.tenant().to_owned());
             }
         }
     }
@@ -427,8 +427,8 @@ impl Ledger {
                 } else {
                     Outcome::Accepted
                 };
-                rec.code = Some(click.link.code.clone());
-                rec.tenant = Some(click.link.tenant.clone());
+                rec.code = Some(click.link.code().to_owned());
+                rec.tenant = Some(click.link.tenant().to_owned());
             }
         }
         Self::append(&mut inner, rec)
@@ -482,7 +482,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::super::click_index::{ClickRef, LinkKey};
+    use super::super::click_index::ClickRef;
     use super::super::networks::{NetworkRecord, NetworkSettings};
     use super::super::sealed::{Field, Sealer};
     use super::*;
@@ -495,10 +495,7 @@ mod tests {
     impl ClickLookup for AllKnown {
         fn find(&self, _id: &str, ts_ms: i64) -> Option<ClickRef> {
             Some(ClickRef {
-                link: Arc::new(LinkKey {
-                    code: "c".into(),
-                    tenant: "t".into(),
-                }),
+                link: Arc::new(crate::links::Link::reference("c", "t")),
                 ts_ms,
                 bot: false,
             })
