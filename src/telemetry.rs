@@ -24,6 +24,7 @@ pub const CLICKLOG_QUEUE_DEPTH: &str = "clickedge_clicklog_queue_depth";
 pub const CLICKLOG_EVENTS: &str = "clickedge_clicklog_events_total";
 pub const CLICKLOG_BYTES: &str = "clickedge_clicklog_bytes_total";
 pub const CLICKLOG_FSYNC: &str = "clickedge_clicklog_fsync_duration_seconds";
+pub const STATS_SNAPSHOT: &str = "clickedge_stats_snapshot_duration_seconds";
 pub const CLICKLOG_OVERFLOW: &str = "clickedge_clicklog_overflow_total";
 pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
@@ -52,6 +53,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLICKLOG_FSYNC.into()), FSYNC_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STATS_SNAPSHOT.into()), FSYNC_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(POSTBACK_VERIFY.into()), LATENCY_BUCKETS)
         })
@@ -118,6 +120,11 @@ fn describe_and_zero() {
         CLICKLOG_FSYNC,
         Unit::Seconds,
         "Click-log fdatasync latency."
+    );
+    describe_histogram!(
+        STATS_SNAPSHOT,
+        Unit::Seconds,
+        "Time the click-log writer stopped to take one embedded-stats checkpoint (clicks wait meanwhile; the checkpoint is then written on a low-priority thread)."
     );
     describe_counter!(CLICKLOG_OVERFLOW, "Clicks that met a full click-log queue, by policy and outcome (waited, refused = 503, dropped = redirected without an event).");
     describe_counter!(
@@ -344,6 +351,10 @@ pub fn clicklog_events(n: u64) {
 
 pub fn clicklog_fsynced(took: Duration) {
     histogram!(CLICKLOG_FSYNC).record(took.as_secs_f64());
+}
+
+pub fn stats_snapshot_took(took: Duration) {
+    histogram!(STATS_SNAPSHOT).record(took.as_secs_f64());
 }
 
 pub fn clicklog_write_failed(e: &std::io::Error) {

@@ -117,6 +117,7 @@ pub fn spawn_writer(
         synced: true,
         classifier: CachedClassifier::new(BotClassifier::default(), UA_CACHE_ENTRIES),
         stats,
+        checkpointing: None,
         alive,
         cfg,
     };
@@ -147,8 +148,22 @@ struct Writer {
     synced: bool,
     classifier: CachedClassifier,
     stats: Option<Arc<StatsIndex>>,
+    /// The stats checkpoint being written, if one is.
+    checkpointing: Option<JoinHandle<std::io::Result<()>>>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
+}
+
+/// Logs a checkpoint that failed: that only means a longer replay at
+/// start-up.
+fn report_checkpoint(result: std::thread::Result<std::io::Result<()>>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "clicklog: stats checkpoint failed; the log will be replayed")
+        }
+        Err(_) => tracing::error!("clicklog: the stats checkpoint thread panicked"),
+    }
 }
 
 /// Stats facts of one written event, applied after its bytes are on disk.
@@ -247,15 +262,7 @@ impl Writer {
             }
             self.rotate_if_full();
             let snapshot_due = stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval;
-            if let Some(stats) = self.stats.as_ref().filter(|_| self.synced && snapshot_due) {
-                // A failed checkpoint only means a longer replay at start-up.
-                if let Err(e) = stats.save_snapshot(
-                    &self.cfg.data_dir,
-                    self.position,
-                    self.retention_cutoff_ms(),
-                ) {
-                    tracing::warn!(error = %e, "clicklog: stats checkpoint failed; the log will be replayed");
-                }
+            if self.synced && snapshot_due && self.checkpoint(stopping) {
                 last_snapshot = Instant::now();
             }
             if stopping {
@@ -269,6 +276,47 @@ impl Writer {
                 last_retention = Some(Instant::now());
             }
         }
+    }
+
+    /// Starts a stats checkpoint of the log as written (and synced) so far;
+    /// false if the last one is still being written. The capture is quick
+    /// and done here, where no click is recorded meanwhile; serialising and
+    /// writing run on a thread of the lowest priority, so on a core shared
+    /// with the edge they take only time the redirects leave idle. At
+    /// `shutdown` it is all done here, after the one in progress.
+    fn checkpoint(&mut self, shutdown: bool) -> bool {
+        let Some(stats) = &self.stats else {
+            return false;
+        };
+        if let Some(running) = self.checkpointing.take() {
+            if !running.is_finished() && !shutdown {
+                self.checkpointing = Some(running);
+                return false;
+            }
+            report_checkpoint(running.join());
+        }
+        let started = Instant::now();
+        let captured = stats.capture(self.position, self.retention_cutoff_ms());
+        telemetry::stats_snapshot_took(started.elapsed());
+        let data_dir = self.cfg.data_dir.clone();
+        if shutdown {
+            report_checkpoint(Ok(captured.write(&data_dir)));
+            return true;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("stats-checkpoint".into())
+            .spawn(move || {
+                let tid = rustix::thread::gettid();
+                if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+                    tracing::debug!(error = %e, "stats: checkpoint thread keeps its priority");
+                }
+                captured.write(&data_dir)
+            });
+        match spawned {
+            Ok(handle) => self.checkpointing = Some(handle),
+            Err(e) => report_checkpoint(Ok(Err(e))),
+        }
+        true
     }
 
     fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Pending>) {
