@@ -1,13 +1,17 @@
 //! The click index: click id → (link, tenant, time, bot) for the clicks this
 //! node recorded, so a postback can be matched without reading the log.
 //!
-//! Shape: one hash map per UTC day, in a `BTreeMap` by day. A verified click
-//! id carries its own timestamp, so a lookup goes straight to one day's map;
-//! old clicks leave by whole days, with no per-entry bookkeeping.
+//! Shape: one hash map per UTC hour, in a `BTreeMap` by hour. A verified
+//! click id carries its own timestamp, so a lookup goes straight to one
+//! hour's map; old clicks leave by whole hours, with no per-entry
+//! bookkeeping. Hours rather than days: the cap can drop the oldest clicks
+//! without dropping today's, and a map that grows rehashes at most an
+//! hour of clicks at once on the writer's thread.
 //!
 //! Memory bound: only clicks younger than `postback.click_index_days` are
 //! kept, and never more than `postback.click_index_max_clicks`; past that
-//! the oldest day is dropped whole. An entry is a 32-byte key plus a
+//! the oldest hour is dropped whole (even the current one, if it alone is
+//! over the cap: the bound holds under any traffic). An entry is a 32-byte key plus a
 //! 24-byte value (a shared link handle, the time, the bot flag) in a
 //! hashbrown map: about 56 bytes of payload, ~64–130 bytes per click with
 //! the map's load factor, ~90 on average. The default cap of 2,000,000
@@ -32,7 +36,8 @@ use crate::clicklog::{segments, Position};
 use crate::clicks::WireClick;
 use crate::links::Link;
 
-const DAY_MS: i64 = 86_400_000;
+/// The span of one map.
+const BUCKET_MS: i64 = 3_600_000;
 
 /// One written click, as the index takes it.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +62,8 @@ type Fast = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct Days {
-    days: BTreeMap<i64, HashMap<[u8; 32], ClickRef, Fast>>,
+    /// By hour since the epoch.
+    hours: BTreeMap<i64, HashMap<[u8; 32], ClickRef, Fast>>,
     /// [`Link::reference`]s by code, for clicks recorded by code and
     /// tenant (read back from the log): one per link, not one per click.
     /// A code never moves to another tenant (codes are not reused).
@@ -138,36 +144,36 @@ impl ClickIndex {
     }
 
     fn insert(&self, inner: &mut Days, key: [u8; 32], click: &IndexedClick<'_>, now_ms: i64) {
-        let day = click.ts_ms.div_euclid(DAY_MS);
-        let new_day = !inner.days.contains_key(&day);
+        let hour = click.ts_ms.div_euclid(BUCKET_MS);
+        let new_hour = !inner.hours.contains_key(&hour);
         let value = ClickRef {
             link: click.link.clone(),
             ts_ms: click.ts_ms,
             bot: click.bot,
         };
         if inner
-            .days
-            .entry(day)
+            .hours
+            .entry(hour)
             .or_default()
             .insert(key, value)
             .is_none()
         {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        if new_day {
+        if new_hour {
             self.expire(inner, now_ms);
         }
-        while self.len() > self.max_clicks && inner.days.len() > 1 {
+        while self.len() > self.max_clicks && !inner.hours.is_empty() {
             self.drop_oldest(inner);
         }
     }
 
     fn expire(&self, inner: &mut Days, now_ms: i64) {
-        let oldest_day = (now_ms - self.window_ms).div_euclid(DAY_MS);
+        let oldest = (now_ms - self.window_ms).div_euclid(BUCKET_MS);
         while inner
-            .days
+            .hours
             .first_key_value()
-            .is_some_and(|(d, _)| *d < oldest_day)
+            .is_some_and(|(h, _)| *h < oldest)
         {
             self.drop_oldest(inner);
         }
@@ -176,7 +182,7 @@ impl ClickIndex {
     }
 
     fn drop_oldest(&self, inner: &mut Days) {
-        if let Some((_, map)) = inner.days.pop_first() {
+        if let Some((_, map)) = inner.hours.pop_first() {
             self.len.fetch_sub(map.len(), Ordering::Relaxed);
         }
     }
@@ -219,8 +225,8 @@ impl super::ClickLookup for ClickIndex {
         let key = <[u8; 32]>::try_from(click_id.as_bytes()).ok()?;
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         inner
-            .days
-            .get(&ts_ms.div_euclid(DAY_MS))
+            .hours
+            .get(&ts_ms.div_euclid(BUCKET_MS))
             .and_then(|m| m.get(&key))
             .cloned()
     }
@@ -233,6 +239,7 @@ mod tests {
     use std::time::Duration;
 
     const NOW: i64 = 1_790_000_000_000;
+    const DAY_MS: i64 = 86_400_000;
 
     fn id(n: u32) -> String {
         format!("{n:032}")
@@ -256,21 +263,37 @@ mod tests {
         assert!(ix.is_empty());
         ix.record(&id(2), NOW - DAY_MS / 2, "a", "t", false, NOW);
         assert_eq!(ix.len(), 1);
-        // Days later, a new day's first click expires the old day.
+        // Days later, a new hour's first click expires the old hours.
         ix.record(&id(3), NOW + 3 * DAY_MS, "a", "t", false, NOW + 3 * DAY_MS);
         assert_eq!(ix.len(), 1);
         assert!(ix.find(&id(2), NOW - DAY_MS / 2).is_none());
     }
 
     #[test]
-    fn the_cap_drops_whole_oldest_days() {
+    fn the_cap_drops_whole_oldest_hours() {
         let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 3);
         for (n, day) in [(1, 5), (2, 5), (3, 4), (4, 3)] {
             ix.record(&id(n), NOW - day * DAY_MS, "a", "t", false, NOW);
         }
-        // Day -5 (two clicks) went when the fourth click passed the cap.
+        // Day -5's hour (two clicks) went when the fourth click passed the cap.
         assert_eq!(ix.len(), 2);
         assert!(ix.find(&id(1), NOW - 5 * DAY_MS).is_none());
         assert!(ix.find(&id(4), NOW - 3 * DAY_MS).is_some());
+    }
+
+    #[test]
+    fn the_cap_holds_even_when_every_click_is_in_the_current_hour() {
+        let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 3);
+        for n in 0..10 {
+            ix.record(&id(n), NOW - 10 + i64::from(n), "a", "t", false, NOW);
+            assert!(ix.len() <= 3, "{} clicks held", ix.len());
+        }
+        // The older hour goes first: an hour ago's click, then today's.
+        let ix = ClickIndex::new(Duration::from_secs(30 * 86_400), 2);
+        ix.record(&id(1), NOW - BUCKET_MS, "a", "t", false, NOW);
+        ix.record(&id(2), NOW, "a", "t", false, NOW);
+        ix.record(&id(3), NOW, "a", "t", false, NOW);
+        assert!(ix.find(&id(1), NOW - BUCKET_MS).is_none());
+        assert!(ix.find(&id(3), NOW).is_some());
     }
 }
