@@ -11,9 +11,9 @@
 //! Memory bound: only clicks younger than `postback.click_index_days` are
 //! kept, and never more than `postback.click_index_max_clicks`; past that
 //! the oldest hour is dropped whole (even the current one, if it alone is
-//! over the cap: the bound holds under any traffic). An entry is a 32-byte key plus a
-//! 24-byte value (a shared link handle, the time, the bot flag) in a
-//! hashbrown map: about 56 bytes of payload, ~64–130 bytes per click with
+//! over the cap: the bound holds under any traffic). An entry is a 32-byte
+//! key plus a 24-byte value (a shared link handle, the time, the bot flag)
+//! in a hashbrown map: about 56 bytes of payload, ~64–130 bytes per click with
 //! the map's load factor, ~90 on average. The default cap of 2,000,000
 //! clicks is therefore ~180 MB at most; size it as clicks per day × window
 //! days. A click refers to its link through the edge's own `Arc<Link>`:
