@@ -1,12 +1,12 @@
 //! The click index: click id → (link, tenant, time, bot) for the clicks this
 //! node recorded, so a postback can be matched without reading the log.
 //!
-//! Shape: one hash map per UTC hour, in a `BTreeMap` by hour. A verified
-//! click id carries its own timestamp, so a lookup goes straight to one
-//! hour's map; old clicks leave by whole hours, with no per-entry
-//! bookkeeping. Hours rather than days: the cap can drop the oldest clicks
-//! without dropping today's, and a map that grows rehashes at most an
-//! hour of clicks at once on the writer's thread.
+//! Shape: per UTC hour, in a `BTreeMap` by hour, sixteen hash maps split by
+//! the id's tag (`SHARD_BITS`). A verified click id carries its own
+//! timestamp, so a lookup goes straight to one hour; old clicks leave by
+//! whole hours, with no per-entry bookkeeping. Hours rather than days: the
+//! cap can drop the oldest clicks without dropping today's; shards: a map
+//! that grows copies at most a sixteenth of an hour's clicks at once.
 //!
 //! Memory bound: only clicks younger than `postback.click_index_days` are
 //! kept, and never more than `postback.click_index_max_clicks`; past that
@@ -38,6 +38,13 @@ use crate::links::Link;
 
 /// The span of one map.
 const BUCKET_MS: i64 = 3_600_000;
+/// An hour's clicks are split in `2^SHARD_BITS` maps: a growing map
+/// rehashes (copies) all it holds at once, on the writer's thread, and a
+/// 2M-click map took long enough that the click-log queue filled.
+const SHARD_BITS: u32 = 4;
+/// An hour this big is freed on a thread of its own: dropping it releases
+/// one link reference per click.
+const FREE_ELSEWHERE: usize = 10_000;
 
 /// One written click, as the index takes it.
 #[derive(Debug, Clone, Copy)]
@@ -63,11 +70,38 @@ type Fast = foldhash::fast::RandomState;
 #[derive(Default)]
 struct Days {
     /// By hour since the epoch.
-    hours: BTreeMap<i64, HashMap<[u8; 32], ClickRef, Fast>>,
+    hours: BTreeMap<i64, Hour>,
     /// [`Link::reference`]s by code, for clicks recorded by code and
     /// tenant (read back from the log): one per link, not one per click.
     /// A code never moves to another tenant (codes are not reused).
     references: HashMap<String, Arc<Link>, Fast>,
+}
+
+/// One hour's clicks.
+#[derive(Default)]
+struct Hour {
+    shards: [HashMap<[u8; 32], ClickRef, Fast>; 1 << SHARD_BITS],
+    len: usize,
+}
+
+impl Hour {
+    /// From the id's last bytes (its tag, a keyed hash), mixed so that any
+    /// ids spread evenly.
+    fn shard(key: &[u8; 32]) -> usize {
+        let tail = u32::from_le_bytes(key[28..].try_into().expect("4 bytes"));
+        (tail.wrapping_mul(0x9E37_79B1) >> (32 - SHARD_BITS)) as usize
+    }
+
+    /// Adds or replaces; true if the id is new.
+    fn insert(&mut self, key: [u8; 32], click: ClickRef) -> bool {
+        let new = self.shards[Hour::shard(&key)].insert(key, click).is_none();
+        self.len += usize::from(new);
+        new
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<&ClickRef> {
+        self.shards[Hour::shard(key)].get(key)
+    }
 }
 
 pub struct ClickIndex {
@@ -151,13 +185,7 @@ impl ClickIndex {
             ts_ms: click.ts_ms,
             bot: click.bot,
         };
-        if inner
-            .hours
-            .entry(hour)
-            .or_default()
-            .insert(key, value)
-            .is_none()
-        {
+        if inner.hours.entry(hour).or_default().insert(key, value) {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         if new_hour {
@@ -182,8 +210,16 @@ impl ClickIndex {
     }
 
     fn drop_oldest(&self, inner: &mut Days) {
-        if let Some((_, map)) = inner.hours.pop_first() {
-            self.len.fetch_sub(map.len(), Ordering::Relaxed);
+        let Some((_, hour)) = inner.hours.pop_first() else {
+            return;
+        };
+        self.len.fetch_sub(hour.len, Ordering::Relaxed);
+        if hour.len >= FREE_ELSEWHERE {
+            // Not under the lock, nor in the writer's time (if the thread
+            // cannot start, the closure and the hour are dropped here).
+            let _ = std::thread::Builder::new()
+                .name("click-index-free".into())
+                .spawn(move || drop(hour));
         }
     }
 
@@ -227,7 +263,7 @@ impl super::ClickLookup for ClickIndex {
         inner
             .hours
             .get(&ts_ms.div_euclid(BUCKET_MS))
-            .and_then(|m| m.get(&key))
+            .and_then(|h| h.get(&key))
             .cloned()
     }
 }
@@ -279,6 +315,30 @@ mod tests {
         assert_eq!(ix.len(), 2);
         assert!(ix.find(&id(1), NOW - 5 * DAY_MS).is_none());
         assert!(ix.find(&id(4), NOW - 3 * DAY_MS).is_some());
+    }
+
+    #[test]
+    fn an_hour_spreads_its_clicks_over_its_shards() {
+        let mut hour = Hour::default();
+        let link = Arc::new(Link::reference("a", "t"));
+        for n in 0..1600 {
+            let key: [u8; 32] = id(n).as_bytes().try_into().unwrap();
+            let click = ClickRef {
+                link: link.clone(),
+                ts_ms: NOW,
+                bot: false,
+            };
+            assert!(hour.insert(key, click.clone()));
+            assert!(!hour.insert(key, click), "a second insert replaces");
+        }
+        assert_eq!(hour.len, 1600);
+        for shard in &hour.shards {
+            assert!(
+                (50..=150).contains(&shard.len()),
+                "{} in a shard",
+                shard.len()
+            );
+        }
     }
 
     #[test]
