@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod background;
 pub mod clicklog;
 pub mod clicks;
 pub mod config;

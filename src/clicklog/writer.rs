@@ -303,16 +303,7 @@ impl Writer {
             report_checkpoint(Ok(captured.write(&data_dir)));
             return true;
         }
-        let spawned = std::thread::Builder::new()
-            .name("stats-checkpoint".into())
-            .spawn(move || {
-                let tid = rustix::thread::gettid();
-                if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
-                    tracing::debug!(error = %e, "stats: checkpoint thread keeps its priority");
-                }
-                captured.write(&data_dir)
-            });
-        match spawned {
+        match crate::background::spawn("stats-checkpoint", move || captured.write(&data_dir)) {
             Ok(handle) => self.checkpointing = Some(handle),
             Err(e) => report_checkpoint(Ok(Err(e))),
         }

@@ -42,8 +42,8 @@ const BUCKET_MS: i64 = 3_600_000;
 /// rehashes (copies) all it holds at once, on the writer's thread, and a
 /// 2M-click map took long enough that the click-log queue filled.
 const SHARD_BITS: u32 = 4;
-/// An hour this big is freed on a thread of its own: dropping it releases
-/// one link reference per click.
+/// An hour this big is freed on a background thread: dropping it releases
+/// one link reference per click (2M clicks: a stall the edge's core felt).
 const FREE_ELSEWHERE: usize = 10_000;
 
 /// One written click, as the index takes it.
@@ -215,11 +215,9 @@ impl ClickIndex {
         };
         self.len.fetch_sub(hour.len, Ordering::Relaxed);
         if hour.len >= FREE_ELSEWHERE {
-            // Not under the lock, nor in the writer's time (if the thread
-            // cannot start, the closure and the hour are dropped here).
-            let _ = std::thread::Builder::new()
-                .name("click-index-free".into())
-                .spawn(move || drop(hour));
+            // Not under the lock, nor in the writer's or the edge's time
+            // (if the thread cannot start, the hour is dropped here).
+            let _ = crate::background::spawn("click-index-free", move || drop(hour));
         }
     }
 
