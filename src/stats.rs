@@ -290,17 +290,6 @@ impl StatsIndex {
         Ok(end)
     }
 
-    /// Writes a checkpoint covering the log up to `watermark`, dropping
-    /// buckets older than `cutoff_ms` (retention) first.
-    pub fn save_snapshot(
-        &self,
-        data_dir: &Path,
-        watermark: Position,
-        cutoff_ms: i64,
-    ) -> std::io::Result<()> {
-        self.capture(watermark, cutoff_ms).write(data_dir)
-    }
-
     /// What a checkpoint covering the log up to `watermark` holds, dropping
     /// buckets older than `cutoff_ms` (retention) first. Copies a pointer
     /// per link, not the stats: call it where no click is recorded
@@ -405,7 +394,7 @@ mod tests {
             segment: 3,
             offset: 77,
         };
-        s.save_snapshot(dir.path(), wm, T0 - DAY_MS).unwrap();
+        s.capture(wm, T0 - DAY_MS).write(dir.path()).unwrap();
         let t = StatsIndex::default();
         assert_eq!(t.load_snapshot(dir.path()).unwrap(), wm);
         let (c, _) = t.query("a", T0 - 200 * DAY_MS, T0 + DAY_MS, Interval::Day);
