@@ -24,6 +24,7 @@ pub const CLICKLOG_QUEUE_DEPTH: &str = "clickedge_clicklog_queue_depth";
 pub const CLICKLOG_EVENTS: &str = "clickedge_clicklog_events_total";
 pub const CLICKLOG_BYTES: &str = "clickedge_clicklog_bytes_total";
 pub const CLICKLOG_FSYNC: &str = "clickedge_clicklog_fsync_duration_seconds";
+pub const CLICKLOG_BATCH: &str = "clickedge_clicklog_batch_duration_seconds";
 pub const STATS_SNAPSHOT: &str = "clickedge_stats_snapshot_duration_seconds";
 pub const CLICKLOG_OVERFLOW: &str = "clickedge_clicklog_overflow_total";
 pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
@@ -54,6 +55,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLICKLOG_FSYNC.into()), FSYNC_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STATS_SNAPSHOT.into()), FSYNC_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLICKLOG_BATCH.into()), FSYNC_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(POSTBACK_VERIFY.into()), LATENCY_BUCKETS)
         })
@@ -120,6 +122,11 @@ fn describe_and_zero() {
         CLICKLOG_FSYNC,
         Unit::Seconds,
         "Click-log fdatasync latency."
+    );
+    describe_histogram!(
+        CLICKLOG_BATCH,
+        Unit::Seconds,
+        "Time the click-log writer spent on one batch: encoding, writing, indexing and counting its clicks (not the fsync). Batches over 10 ms are logged."
     );
     describe_histogram!(
         STATS_SNAPSHOT,
@@ -351,6 +358,10 @@ pub fn clicklog_events(n: u64) {
 
 pub fn clicklog_fsynced(took: Duration) {
     histogram!(CLICKLOG_FSYNC).record(took.as_secs_f64());
+}
+
+pub fn clicklog_batch_took(took: Duration) {
+    histogram!(CLICKLOG_BATCH).record(took.as_secs_f64());
 }
 
 pub fn stats_snapshot_took(took: Duration) {

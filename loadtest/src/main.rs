@@ -73,6 +73,10 @@ struct Args {
     /// Free-form label carried into the summary (e.g. "nginx keep-alive").
     #[arg(long, default_value = "")]
     label: String,
+    /// Also print the slowest answer of each second (always in `--json`),
+    /// to line a stall up with the server's log.
+    #[arg(long)]
+    timeline: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +94,10 @@ struct Summary {
     retried: u64,
     rps: f64,
     latency_us: Percentiles,
+    /// Wall-clock start of the measured window, unix ms.
+    measured_from_unix_ms: u64,
+    /// The slowest answer of each second of the window, µs.
+    worst_us_per_second: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,8 +149,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
+    let measured_from = std::time::SystemTime::now() + args.warmup;
     let (tally, seconds) = runtime.block_on(drive(&args, addr, host, traffic));
-    let summary = summarize(&args, &tally, seconds);
+    let mut summary = summarize(&args, &tally, seconds);
+    summary.measured_from_unix_ms = measured_from
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     if let Some(path) = &args.record_ids {
         let mut text = tally.click_ids.join("\n");
         text.push('\n');
@@ -152,6 +164,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         print_line(&summary);
+        if args.timeline {
+            print_timeline(&summary);
+        }
     }
     Ok(())
 }
@@ -181,12 +196,7 @@ async fn drive(args: &Args, addr: SocketAddr, host: String, traffic: Traffic) ->
         .collect();
     let mut total = Tally::new();
     for w in workers {
-        let t = w.await.expect("worker task panicked");
-        total.latency_us.add(&t.latency_us).expect("same bounds");
-        total.ok += t.ok;
-        total.errors.add(&t.errors);
-        total.retried += t.retried;
-        total.click_ids.extend(t.click_ids);
+        total.merge(w.await.expect("worker task panicked"));
     }
     // Throughput over the fixed window: only requests sent inside it count,
     // and a straggler finishing late does not stretch the denominator.
@@ -227,7 +237,24 @@ fn summarize(args: &Args, tally: &Tally, seconds: f64) -> Summary {
             p999: q(0.999),
             max: if h.is_empty() { 0 } else { h.max() },
         },
+        measured_from_unix_ms: 0,
+        worst_us_per_second: tally.worst_us_per_second.clone(),
     }
+}
+
+/// One line: the window's start (unix ms) and the slowest answer of each
+/// second after it, in ms.
+fn print_timeline(s: &Summary) {
+    let worst: Vec<String> = s
+        .worst_us_per_second
+        .iter()
+        .map(|us| format!("{:.1}", *us as f64 / 1e3))
+        .collect();
+    println!(
+        "slowest per second from unix ms {}: {} ms",
+        s.measured_from_unix_ms,
+        worst.join(" ")
+    );
 }
 
 fn print_line(s: &Summary) {

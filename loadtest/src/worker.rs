@@ -52,6 +52,9 @@ pub struct Tally {
     /// turned out closed (each may have been seen twice by the server).
     pub retried: u64,
     pub click_ids: Vec<String>,
+    /// The slowest answer (µs) of the requests scheduled in each second of
+    /// the measured window: when a stall happened, not only that it did.
+    pub worst_us_per_second: Vec<u64>,
 }
 
 /// Failures by kind; every answer that is not a redirect is one of these.
@@ -86,6 +89,27 @@ impl Tally {
             errors: Errors::default(),
             retried: 0,
             click_ids: Vec::new(),
+            worst_us_per_second: Vec::new(),
+        }
+    }
+
+    fn note_worst(&mut self, second: usize, us: u64) {
+        if self.worst_us_per_second.len() <= second {
+            self.worst_us_per_second.resize(second + 1, 0);
+        }
+        let worst = &mut self.worst_us_per_second[second];
+        *worst = (*worst).max(us);
+    }
+
+    /// Adds another worker's tally to this one.
+    pub fn merge(&mut self, t: Tally) {
+        self.latency_us.add(&t.latency_us).expect("same bounds");
+        self.ok += t.ok;
+        self.errors.add(&t.errors);
+        self.retried += t.retried;
+        self.click_ids.extend(t.click_ids);
+        for (second, us) in t.worst_us_per_second.into_iter().enumerate() {
+            self.note_worst(second, us);
         }
     }
 }
@@ -155,6 +179,8 @@ pub async fn run(plan: Arc<Plan>, index: usize, workers: usize) -> Tally {
             // show in the percentiles, not vanish from them.
             let us = done.duration_since(sent_at).as_micros() as u64;
             tally.latency_us.saturating_record(us.max(1));
+            let second = sent_at.duration_since(plan.record_from).as_secs() as usize;
+            tally.note_worst(second, us);
         }
         let outcome = match outcome {
             Outcome::Retried(head) => {

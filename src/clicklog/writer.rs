@@ -30,6 +30,12 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const BATCH_GATHER: Duration = Duration::from_millis(1);
 /// User agents whose bot verdict the writer remembers.
 const UA_CACHE_ENTRIES: usize = 8192;
+/// A batch that kept the writer this long is logged: on a core shared with
+/// the edge, the writer's time is taken from the redirects.
+const SLOW_BATCH: Duration = Duration::from_millis(10);
+/// At most one slow-batch line per this interval (a slow disk would
+/// otherwise log every batch).
+const SLOW_BATCH_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct WriterConfig {
     pub data_dir: PathBuf,
@@ -197,6 +203,7 @@ impl Writer {
         let mut stopping = false;
         let mut failures = 0u32;
         let mut busy = false;
+        let mut slow = SlowBatches::default();
         loop {
             if buf.is_empty() && !stopping {
                 if busy {
@@ -218,6 +225,8 @@ impl Writer {
                     }
                 }
             }
+            let started = Instant::now();
+            let cpu_started = thread_cpu_time();
             // Drain what else is waiting; on shutdown, drain everything.
             while buf.len() < MAX_BATCH_BYTES || stopping {
                 match self.rx.try_recv() {
@@ -236,6 +245,7 @@ impl Writer {
                     continue;
                 }
                 failures = 0;
+                let written = Instant::now();
                 buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
                 // Index first: a click visible in stats is matchable.
@@ -243,11 +253,21 @@ impl Writer {
                     let now_ms = chrono::Utc::now().timestamp_millis();
                     index.record_all(pending.iter().map(Pending::indexed), now_ms);
                 }
+                let indexed = Instant::now();
                 if let Some(stats) = &self.stats {
                     for p in &pending {
                         stats.record(p.link.code(), p.ts_ms, p.bot, p.visitor);
                     }
                 }
+                slow.observe(BatchTimes {
+                    events: pending.len(),
+                    cpu: thread_cpu_time().saturating_sub(cpu_started),
+                    started,
+                    written,
+                    indexed,
+                    done: Instant::now(),
+                    queued: self.rx.len(),
+                });
                 pending.clear();
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
@@ -401,6 +421,67 @@ impl Writer {
         }
         telemetry::clicklog_segments(live);
     }
+}
+
+/// Where one batch's time went: read and encode, write, click index, stats.
+struct BatchTimes {
+    events: usize,
+    /// On-CPU time: wall time minus the time the edge (or anything else)
+    /// had the core. A batch slow in wall time but not in CPU time was
+    /// preempted or waited for the disk; one slow in CPU time took the
+    /// edge's time.
+    cpu: Duration,
+    started: Instant,
+    written: Instant,
+    indexed: Instant,
+    done: Instant,
+    /// Clicks waiting when the batch was done.
+    queued: usize,
+}
+
+/// Times every batch; logs the slow ones, at most one line per
+/// `SLOW_BATCH_LOG_EVERY`, with how many more there were.
+#[derive(Default)]
+struct SlowBatches {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl SlowBatches {
+    fn observe(&mut self, t: BatchTimes) {
+        let took = t.done - t.started;
+        telemetry::clicklog_batch_took(took);
+        if took < SLOW_BATCH {
+            return;
+        }
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < SLOW_BATCH_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::warn!(
+            events = t.events,
+            took_ms = ms(took),
+            cpu_ms = ms(t.cpu),
+            encode_write_ms = ms(t.written - t.started),
+            index_ms = ms(t.indexed - t.written),
+            stats_ms = ms(t.done - t.indexed),
+            queued = t.queued,
+            slow_since_last_line = self.unlogged,
+            "clicklog: slow batch"
+        );
+        self.last_logged = Some(t.done);
+        self.unlogged = 0;
+    }
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Counts a failed write or sync and pauses before the retry. Gives up
