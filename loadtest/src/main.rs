@@ -151,10 +151,7 @@ fn main() -> anyhow::Result<()> {
     };
     let measured_from = std::time::SystemTime::now() + args.warmup;
     let (tally, seconds) = runtime.block_on(drive(&args, addr, host, traffic));
-    let mut summary = summarize(&args, &tally, seconds);
-    summary.measured_from_unix_ms = measured_from
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let summary = summarize(&args, &tally, seconds, measured_from);
     if let Some(path) = &args.record_ids {
         let mut text = tally.click_ids.join("\n");
         text.push('\n');
@@ -203,7 +200,12 @@ async fn drive(args: &Args, addr: SocketAddr, host: String, traffic: Traffic) ->
     (total, args.duration.as_secs_f64().max(f64::EPSILON))
 }
 
-fn summarize(args: &Args, tally: &Tally, seconds: f64) -> Summary {
+fn summarize(
+    args: &Args,
+    tally: &Tally,
+    seconds: f64,
+    measured_from: std::time::SystemTime,
+) -> Summary {
     let h: &Histogram<u64> = &tally.latency_us;
     let q = |p: f64| {
         if h.is_empty() {
@@ -237,7 +239,9 @@ fn summarize(args: &Args, tally: &Tally, seconds: f64) -> Summary {
             p999: q(0.999),
             max: if h.is_empty() { 0 } else { h.max() },
         },
-        measured_from_unix_ms: 0,
+        measured_from_unix_ms: measured_from
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         worst_us_per_second: tally.worst_us_per_second.clone(),
     }
 }

@@ -17,8 +17,8 @@
 //! the map's load factor, ~90 on average. The default cap of 2,000,000
 //! clicks is therefore ~180 MB at most; size it as clicks per day × window
 //! days. Each hour that holds clicks adds ~12 KB of empty shards (30 days
-//! of hours: ~9 MB). A click refers to its link through the edge's own `Arc<Link>`:
-//! the writer hands it over with the click, so indexing a click looks
+//! of hours: ~9 MB). A click refers to its link through the edge's own
+//! `Arc<Link>`: the writer hands it over with the click, so indexing a click looks
 //! nothing up by code (at 100k links that lookup missed the cache on every
 //! click). A link changed since keeps its old version alive only while
 //! clicks on that version are held.
@@ -44,8 +44,8 @@ const BUCKET_MS: i64 = 3_600_000;
 /// 2M-click map took long enough that the click-log queue filled. The
 /// shards fill evenly, so they grow at about the same time: what keeps a
 /// batch short is how little one shard holds (`click_index_growth`, 1.9M
-/// clicks: slowest batch 452 ms with one map, 42 ms with 16, 0.6 ms with
-/// 256).
+/// clicks: slowest batch 452 ms with one map, 40–42 ms with 16, 0.6–6 ms
+/// with 256).
 const SHARD_BITS: u32 = 8;
 /// An hour this big is freed on a background thread: dropping it releases
 /// one link reference per click (2M clicks: a stall the edge's core felt).
@@ -235,7 +235,7 @@ impl ClickIndex {
         };
         let dropped = hour.len;
         self.len.fetch_sub(dropped, Ordering::Relaxed);
-        if hour.len >= FREE_ELSEWHERE {
+        if dropped >= FREE_ELSEWHERE {
             // Not under the lock, nor in the writer's or the edge's time
             // (if the thread cannot start, the hour is dropped here).
             let _ = crate::background::spawn("click-index-free", move || drop(hour));
