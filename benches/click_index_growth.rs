@@ -17,6 +17,8 @@ const CLICKS: usize = 1_900_000;
 const BATCH: usize = 64;
 
 fn main() {
+    // As `serve` runs by default (`edge.transparent_huge_pages = false`).
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     // `cargo bench` passes `--bench`; nothing to parse.
     let index = ClickIndex::new(Duration::from_secs(30 * 86_400), 2_000_000);
     let links: Vec<Arc<Link>> = (0..1000)
@@ -27,6 +29,7 @@ fn main() {
         .map(|i| format!("{:016x}{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i))
         .collect();
     let mut pauses = Vec::with_capacity(CLICKS / BATCH + 1);
+    let rss_before = rss_mb();
     for (b, chunk) in ids.chunks(BATCH).enumerate() {
         let clicks = chunk.iter().enumerate().map(|(j, id)| IndexedClick {
             click_id: id,
@@ -39,11 +42,12 @@ fn main() {
         pauses.push(started.elapsed());
     }
     assert_eq!(index.len(), CLICKS);
+    let index_mb = rss_mb() - rss_before;
     let total: Duration = pauses.iter().sum();
     pauses.sort_unstable();
     let at = |q: f64| pauses[((pauses.len() - 1) as f64 * q) as usize];
     println!(
-        "{CLICKS} clicks in batches of {BATCH}: {:.0} ns per click; batch p50 {:?}, p99.9 {:?}, slowest {:?} {:?} {:?}",
+        "{CLICKS} clicks in batches of {BATCH}: {:.0} ns per click; batch p50 {:?}, p99.9 {:?}, slowest {:?} {:?} {:?}; index RSS {index_mb:.0} MB",
         total.as_nanos() as f64 / CLICKS as f64,
         at(0.5),
         at(0.999),
@@ -51,4 +55,15 @@ fn main() {
         pauses[pauses.len() - 2],
         pauses[pauses.len() - 1],
     );
+}
+
+/// The process's resident set: its growth while recording is the index's.
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            kb.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

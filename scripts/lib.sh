@@ -1,5 +1,6 @@
-# Shell helpers shared by scripts/ and loadtest/. Source it:
-#   . "$(dirname "$0")/../scripts/lib.sh"
+# Shell helpers shared by scripts/ and loadtest/. Source it from the
+# repository root (every caller cd's there first):
+#   . scripts/lib.sh
 
 # A TCP port on 127.0.0.1 that was free a moment ago.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -64,6 +64,9 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub node_id: String,
     pub workers: Option<NonZeroUsize>,
+    /// Applied only by the binary's `main`, before anything large is
+    /// allocated (a process-wide flag; embedders set their own).
+    pub transparent_huge_pages: bool,
     pub max_connections: NonZeroUsize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
@@ -301,6 +304,7 @@ struct RawEdge {
     trusted_proxies: Vec<String>,
     node_id: String,
     workers: usize,
+    transparent_huge_pages: bool,
     max_connections: usize,
     header_read_timeout_ms: u64,
     max_header_bytes: usize,
@@ -677,6 +681,7 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
         trusted_proxies,
         node_id,
         workers: NonZeroUsize::new(raw.workers),
+        transparent_huge_pages: raw.transparent_huge_pages,
         max_connections: NonZeroUsize::new(raw.max_connections)
             .ok_or_else(|| invalid("edge.max_connections", "must be at least 1"))?,
         header_read_timeout: millis("edge.header_read_timeout_ms", raw.header_read_timeout_ms)?,
@@ -1032,6 +1037,14 @@ mod tests {
                 .rate_limit;
         assert_eq!(ok.not_found.per_sec, 2.0);
         assert_eq!(ok.allow, vec!["10.0.0.1/32".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn transparent_huge_pages_are_off_unless_asked_for() {
+        assert!(!Config::from_toml("").unwrap().edge.transparent_huge_pages);
+        let on = Config::from_toml("[edge]\ntransparent_huge_pages = true").unwrap();
+        assert!(on.edge.transparent_huge_pages);
+        assert!(Config::from_toml("[edge]\ntransparent_huge_pages = \"yes\"").is_err());
     }
 
     #[test]

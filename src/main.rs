@@ -61,13 +61,6 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    // Transparent huge pages off for this process, before the link table
-    // and maps are touched: a 2 MiB page counts whole in the RSS however
-    // little of it is used (1M links: 290 MB against 250 MB without), and
-    // faulting one in stalled redirects (p99 2-4 ms against 0.5 ms). mimalloc
-    // is built not to ask for them (`no_thp`); this also covers a host whose
-    // THP setting is `always`. Failure (an old kernel) changes nothing else.
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -76,6 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the link table and maps are touched. Set either way: the flag
+    // is inherited across fork and exec. When set, it wins over mimalloc's
+    // MADV_HUGEPAGE and a host setting of `always`.
+    let thp_off = !config.edge.transparent_huge_pages;
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(thp_off) {
+        eprintln!(
+            "clickedge: could not set edge.transparent_huge_pages (PR_SET_THP_DISABLE): {e}; \
+             keeping the host's setting"
+        );
+    }
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Sink => sink(config),
