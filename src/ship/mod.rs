@@ -39,7 +39,8 @@ use crate::config::KafkaConfig;
 use crate::telemetry;
 
 const POSITION_FILE: &str = "ship.position";
-/// How long the shipper waits for delivery reports when it has nothing to send.
+/// How long the shipper sleeps when it had nothing to send and no delivery
+/// report came in.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 /// Lines read from the log per round, at most.
 const READ_BATCH_LINES: usize = 10_000;
@@ -336,12 +337,20 @@ impl Shipper {
             if !self.rewinding {
                 sent = self.send_from_log(p);
             }
-            // 2. Delivery reports (waits briefly when there was nothing to send).
-            p.poll(if sent == 0 { IDLE_POLL } else { Duration::ZERO });
+            // 2. Delivery reports, without waiting in librdkafka: rdkafka's
+            // `poll(timeout)` polls until the deadline with the time left
+            // rounded down to whole milliseconds, so every timed poll ends
+            // in a busy spin of up to 1 ms (under load, 5.8 % of the edge's
+            // core in `clock_gettime`). One event per call; sleep only when
+            // there was nothing to do.
+            p.poll(Duration::ZERO);
             std::mem::swap(
                 &mut reports,
                 &mut *p.context().reports.lock().expect("not poisoned"),
             );
+            if sent == 0 && reports.is_empty() {
+                std::thread::sleep(IDLE_POLL);
+            }
             let mut delivered = 0u64;
             for (no, ok) in reports.drain(..) {
                 self.inflight.delivered(no, ok);
