@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use clickedge::links::Link;
 use clickedge::postback::click_index::{ClickIndex, IndexedClick};
 
+#[path = "support/mod.rs"]
+mod support;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -29,7 +32,8 @@ fn main() {
         .map(|i| format!("{:016x}{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i))
         .collect();
     let mut pauses = Vec::with_capacity(CLICKS / BATCH + 1);
-    let rss_before = rss_mb();
+    // The index is the only thing that grows from here on.
+    let rss_before = support::rss_mb();
     for (b, chunk) in ids.chunks(BATCH).enumerate() {
         let clicks = chunk.iter().enumerate().map(|(j, id)| IndexedClick {
             click_id: id,
@@ -42,7 +46,7 @@ fn main() {
         pauses.push(started.elapsed());
     }
     assert_eq!(index.len(), CLICKS);
-    let index_mb = rss_mb() - rss_before;
+    let index_mb = support::rss_mb() - rss_before;
     let total: Duration = pauses.iter().sum();
     pauses.sort_unstable();
     let at = |q: f64| pauses[((pauses.len() - 1) as f64 * q) as usize];
@@ -55,15 +59,4 @@ fn main() {
         pauses[pauses.len() - 2],
         pauses[pauses.len() - 1],
     );
-}
-
-/// The process's resident set: its growth while recording is the index's.
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            kb.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -21,15 +21,6 @@ const LINKS: usize = 1_000_000;
 /// As the admin batch API sends them.
 const BATCH: usize = 1000;
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn destination(i: usize) -> String {
     format!("https://shop.example/p/{i:06}?utm_source=ce&cid={{click_id}}")
 }
@@ -38,7 +29,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Arc::new(SharedLinkTable::default());
     let store = Store::open(dir.path(), 8, shared.clone(), false).unwrap();
-    let base = rss_mb();
+    let base = support::rss_mb();
     // Minted the way the admin batch API does: 1000 links per durable
     // append and table swap.
     for start in (0..LINKS).step_by(BATCH) {
@@ -52,7 +43,7 @@ fn main() {
             result.unwrap();
         }
     }
-    let with_links = rss_mb();
+    let with_links = support::rss_mb();
     println!(
         "table_memory: {LINKS} links in the store and the published table: {:.0} MB ({:.0} bytes/link)",
         with_links - base,

@@ -155,3 +155,13 @@ pub fn request(code: &str) -> http::Request<()> {
     .body(())
     .unwrap()
 }
+
+/// This process's resident set in MB (0 where `/proc` has none).
+pub fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
