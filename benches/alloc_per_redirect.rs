@@ -44,13 +44,10 @@ fn main() {
     };
     let (per, _) = measure(|| {
         buf.clear();
-        event.encode_json(
-            classifier.classify(event.user_agent(), event.signals),
-            "bench",
-            &mut buf,
-        );
+        let bot = classifier.classify(event.user_agent(), event.signals);
+        clickedge::clicklog::record::encode(&event, bot, Default::default(), &mut buf);
     });
-    println!("  of which classify + encode_json: {per:.2}");
+    println!("  of which classify + record encode: {per:.2}");
 }
 
 /// Mean (allocations, bytes) per call of `f`.

@@ -78,13 +78,14 @@ fn working_set(c: &mut Criterion) {
                     buf.clear();
                 }
                 let bot = classifier.classify(ev.user_agent(), ev.signals);
-                ev.encode_json(bot, "bench", &mut buf);
+                clickedge::clicklog::record::encode(ev, bot, Default::default(), &mut buf);
             })
         });
+        let at = clickedge::clicklog::Position::default();
         g.bench_function(BenchmarkId::new("writer_stats", links), |b| {
             b.iter(|| {
                 let ev = &events[next()];
-                stats.record(ev.link.code(), ev.ts_ms, false, ev.ip_hash.visitor_key());
+                stats.count(&ev.link, ev.ts_ms, false, ev.ip_hash.visitor_key(), at);
             })
         });
         g.bench_function(BenchmarkId::new("writer_click_index", links), |b| {

@@ -126,6 +126,33 @@ pub async fn serve(
 
     let postbacks = Arc::new(Postbacks::open(&config, &master)?);
     let stats = Arc::new(StatsIndex::default());
+    let ship_config = |kafka: &crate::config::KafkaConfig| crate::ship::ShipperConfig {
+        kafka: kafka.clone(),
+        data_dir: data_dir.clone(),
+        client_id: format!("clickedge-serve-{}", config.edge.node_id),
+        edge_node: config.edge.node_id.clone(),
+        shutdown_grace: config.edge.shutdown_grace,
+    };
+    // What the click-log writer feeds: the postback click index always;
+    // embedded stats in embedded mode (full mode reads ClickHouse); the
+    // Kafka shipper in full mode.
+    let mut consumers: Vec<Box<dyn crate::clicklog::Consumer>> = vec![Box::new(
+        crate::postback::click_index::ClickIndexFeed(postbacks.click_index.clone()),
+    )];
+    let mut ship_source = None;
+    match &full {
+        None => consumers.push(Box::new(crate::stats::StatsFeed::new(
+            stats.clone(),
+            &data_dir,
+            config.stats.snapshot_interval,
+            config.retention.as_duration(),
+        ))),
+        Some((kafka, _)) => {
+            let (feed, source) = crate::ship::feed(&ship_config(kafka));
+            consumers.push(Box::new(feed));
+            ship_source = Some(source);
+        }
+    }
     let (clicklog, writer) = spawn_writer(
         WriterConfig {
             data_dir: data_dir.clone(),
@@ -134,38 +161,28 @@ pub async fn serve(
             overflow_wait: config.clicklog.overflow_wait,
             fsync_interval: config.clicklog.fsync_interval,
             segment_bytes: config.clicklog.segment_bytes,
-            snapshot_interval: config.stats.snapshot_interval,
             retention: config.retention.as_duration(),
             // In full mode the shipper deletes segments once Kafka has them.
             delete_old_segments: config.kafka.is_none(),
-            edge_node: config.edge.node_id.clone(),
-            click_index: Some(postbacks.click_index.clone()),
         },
-        // Full mode reads stats from ClickHouse.
-        full.is_none().then(|| stats.clone()),
+        consumers,
     )
     .map_err(ServeError::ClickLog)?;
 
     // Full mode: the shipper follows the click log into Kafka, and the
     // admin API reads stats from ClickHouse.
-    let (shippers, warehouse) = match &full {
-        Some((kafka, ch)) => {
+    let (shippers, warehouse) = match (&full, ship_source) {
+        (Some((kafka, ch)), Some(source)) => {
             crate::telemetry::pipeline_zero(false);
-            let ship_config = || crate::ship::ShipperConfig {
-                kafka: kafka.clone(),
-                data_dir: data_dir.clone(),
-                client_id: format!("clickedge-serve-{}", config.edge.node_id),
-                shutdown_grace: config.edge.shutdown_grace,
-            };
-            let clicks = crate::ship::spawn(ship_config(), clicklog.backlog_flag())?;
-            let ledger = crate::ship::ledger::spawn(ship_config())?;
+            let clicks = crate::ship::spawn(ship_config(kafka), source, clicklog.backlog_flag())?;
+            let ledger = crate::ship::ledger::spawn(ship_config(kafka))?;
             let warehouse = crate::admin::Warehouse {
                 client: crate::warehouse::client(ch),
                 ship: clicks.status.clone(),
             };
             (Some((clicks, ledger)), Some(warehouse))
         }
-        None => (None, None),
+        _ => (None, None),
     };
 
     // Certificates are checked before anything listens: a bad pair stops

@@ -42,8 +42,33 @@ enum Command {
     /// Register affiliate networks and their postback secrets.
     #[command(subcommand)]
     Network(Box<clickedge::postback::cli::NetworkCommand>),
+    /// Read the local click log.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Validate the configuration and print the effective values.
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Print the click log's records as the contract's JSON lines (the
+    /// events Kafka gets), oldest first. Read-only: safe beside `serve`.
+    Tail {
+        /// Print only the last N records (default 10).
+        #[arg(
+            short = 'n',
+            long = "lines",
+            default_value_t = 10,
+            conflicts_with = "all"
+        )]
+        lines: usize,
+        /// Print every record.
+        #[arg(long)]
+        all: bool,
+        /// Keep printing records as they are written.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +109,19 @@ fn main() -> ExitCode {
         Command::Sink => sink(config),
         Command::Token(cmd) => token(&config, cmd),
         Command::Network(cmd) => clickedge::postback::cli::run(&config, *cmd),
+        Command::Log(LogCommand::Tail { lines, all, follow }) => {
+            let opts = clickedge::clicklog::cli::TailOptions {
+                last: (!all).then_some(lines),
+                follow,
+            };
+            clickedge::clicklog::cli::tail(
+                &config.data_dir,
+                &config.edge.node_id,
+                opts,
+                &mut std::io::stdout().lock(),
+            )
+            .context("reading the click log")
+        }
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())

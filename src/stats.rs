@@ -1,32 +1,40 @@
 //! Embedded-mode stats: per-link hourly counters and visitor sets, fed by
-//! the click-log writer after each batch is on disk.
+//! the click-log writer after each batch is written.
 //!
-//! Live counters sit in a `DashMap` (the admin API reads while the writer
-//! adds). They survive restarts through a checkpoint, `stats.snapshot`,
-//! which records the log position it covers; at start-up the log after that
-//! position is replayed, so stats always equal what the log holds, even
-//! after `kill -9`. Unique visitors are distinct `ip_hash`es of human
-//! clicks; as the salt changes every epoch, a visitor counts once per epoch.
+//! Each link's numbers sit in its [`Tally`], which the link itself points
+//! to: counting a click follows the click's `Arc<Link>` to its tally and
+//! looks nothing up by code (only a link version's first click does, to
+//! attach the tally). [`StatsIndex`] also keeps every tally by code, for
+//! queries and checkpoints. Unique visitors are distinct `ip_hash`es of
+//! human clicks; as the salt changes every epoch, a visitor counts once per
+//! epoch.
 //!
-//! Checkpoints are taken in two steps so the writer never stops for long:
-//! [`StatsIndex::capture`] on the writer's thread copies one pointer per
-//! link (each link's stats sit behind an `Arc`, copied on the writer's next
-//! change to that link only while a checkpoint still holds it), and
-//! [`Captured::write`] serialises and writes on another thread. Writing
-//! 100k links' stats took the writer 389 ms when it did it all itself
-//! (15 ms to capture them now).
+//! Tallies survive restarts through a checkpoint, `stats.snapshot`, written
+//! on a background thread while the writer goes on counting: each link's
+//! entry records how far into the log it counts (`counted_to`), and the
+//! whole file the synced position at which it was started. At start-up the
+//! log from that position is replayed, each record added only to links
+//! whose saved numbers stop before it, so stats always equal what the log
+//! holds, even after `kill -9`, and the writer never pauses to copy them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::clicklog::{segments, Position};
-use crate::clicks::WireClick;
+use crate::clicklog::record::Record;
+use crate::clicklog::{segments, Batch, Consumer, Position};
+use crate::links::tally::{Counts as TallyCounts, Fast, Hours};
+use crate::links::{Link, Tally};
 
 const SNAPSHOT_FILE: &str = "stats.snapshot";
+/// The checkpoint's format: 2 since the log is binary and each link records
+/// its own position (older checkpoints are ignored and the log replayed).
+const SNAPSHOT_FORMAT: u32 = 2;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 /// Most buckets one stats answer may hold.
@@ -47,112 +55,12 @@ impl Interval {
     }
 }
 
-/// foldhash rather than SipHash for the link map and the visitor sets: the
-/// click-log writer updates both for every click, and neither key is the
-/// client's to choose (codes are looked up in the table first; visitor keys
-/// are salted hashes).
-type Fast = foldhash::fast::RandomState;
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Bucket {
-    clicks: u64,
-    bots: u64,
-    visitors: HashSet<u64, Fast>,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct LinkStats {
-    /// Keyed by hour number since the epoch.
-    hours: Hours,
-}
-
-/// Hourly buckets in hour order. A sorted `Vec` rather than a `BTreeMap`:
-/// most links have few buckets, and a B-tree leaf reserves room for eleven
-/// (about 1 KB per clicked link). Serialised as a map, as before.
-#[derive(Debug, Default, Clone)]
-struct Hours(Vec<(i64, Bucket)>);
-
-impl Hours {
-    fn entry(&mut self, hour: i64) -> &mut Bucket {
-        // Clicks arrive in time order, so the last bucket is the usual hit.
-        let at = if self.0.last().is_some_and(|(h, _)| *h == hour) {
-            self.0.len() - 1
-        } else {
-            let at = self.0.partition_point(|(h, _)| *h < hour);
-            if self.0.get(at).is_none_or(|(h, _)| *h != hour) {
-                self.0.insert(at, (hour, Bucket::default()));
-            }
-            at
-        };
-        &mut self.0[at].1
-    }
-
-    /// Buckets of hours in `[lo, hi)`.
-    fn range(&self, lo: i64, hi: i64) -> &[(i64, Bucket)] {
-        let start = self.0.partition_point(|(h, _)| *h < lo);
-        let end = self.0.partition_point(|(h, _)| *h < hi).max(start);
-        &self.0[start..end]
-    }
-
-    fn drop_before(&mut self, hour: i64) {
-        let end = self.0.partition_point(|(h, _)| *h < hour);
-        self.0.drain(..end);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Hours {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(h, b)| (h, b)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Hours {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<i64, Bucket>::deserialize(d)?;
-        Ok(Hours(map.into_iter().collect()))
-    }
-}
-
 #[derive(Deserialize)]
 struct Snapshot {
+    #[serde(default)]
+    format: u32,
     watermark: Position,
-    links: BTreeMap<String, LinkStats>,
-}
-
-/// A checkpoint's content, taken by [`StatsIndex::capture`]: written as a
-/// [`Snapshot`] is read.
-pub struct Captured {
-    watermark: Position,
-    links: Vec<(Arc<str>, Arc<LinkStats>)>,
-}
-
-impl Serialize for Captured {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct Links<'a>(&'a [(Arc<str>, Arc<LinkStats>)]);
-        impl Serialize for Links<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_map(self.0.iter().map(|(code, stats)| (&**code, &**stats)))
-            }
-        }
-        let mut st = s.serialize_struct("Snapshot", 2)?;
-        st.serialize_field("watermark", &self.watermark)?;
-        st.serialize_field("links", &Links(&self.links))?;
-        st.end()
-    }
-}
-
-impl Captured {
-    /// Writes the checkpoint (atomically: the old one stays until the new
-    /// one is complete).
-    pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&data_dir.join(SNAPSHOT_FILE), &bytes)
-    }
+    links: std::collections::BTreeMap<String, TallyCounts>,
 }
 
 /// Totals for one bucket or a whole range.
@@ -171,27 +79,36 @@ pub struct SeriesPoint {
     pub counts: Counts,
 }
 
+fn raw(p: Position) -> (u64, u64) {
+    (p.segment, p.offset)
+}
+
 #[derive(Default)]
 pub struct StatsIndex {
-    /// Shared with checkpoints in progress (see [`StatsIndex::capture`]).
-    links: DashMap<Arc<str>, Arc<LinkStats>, Fast>,
+    /// Every link's tally by code; links point at theirs.
+    tallies: DashMap<Arc<str>, Arc<Tally>, Fast>,
 }
 
 impl StatsIndex {
-    pub fn record(&self, code: &str, ts_ms: i64, bot: bool, visitor: u64) {
-        let hour = ts_ms.div_euclid(HOUR_MS);
-        let mut link = match self.links.get_mut(code) {
-            Some(l) => l,
-            None => self.links.entry(code.into()).or_default(),
-        };
-        // A copy only if a checkpoint being written still holds this link.
-        let b = Arc::make_mut(&mut link).hours.entry(hour);
-        b.clicks += 1;
-        if bot {
-            b.bots += 1;
-        } else {
-            b.visitors.insert(visitor);
+    /// The tally of `code`, made if it has none yet.
+    fn tally_of(&self, code: &str) -> Arc<Tally> {
+        if let Some(t) = self.tallies.get(code) {
+            return t.clone();
         }
+        self.tallies.entry(code.into()).or_default().clone()
+    }
+
+    /// Counts one written click on `link`; `at` is the log position after
+    /// its record.
+    #[inline]
+    pub fn count(&self, link: &Link, ts_ms: i64, bot: bool, visitor: u64, at: Position) {
+        let tally = link.tally(|| self.tally_of(link.code()));
+        add(tally, ts_ms, bot, visitor, raw(at));
+    }
+
+    /// Counts one click known by its code only (tests, replay).
+    pub fn record(&self, code: &str, ts_ms: i64, bot: bool, visitor: u64) {
+        add(&self.tally_of(code), ts_ms, bot, visitor, (0, 0));
     }
 
     /// Totals and series over `[from_ms, to_ms)`, buckets aligned to UTC.
@@ -207,15 +124,14 @@ impl StatsIndex {
         let mut series = Vec::new();
         let mut total = Counts::default();
         let mut all_visitors = HashSet::new();
-        // Copy the range out and release the shard at once: the click-log
-        // writer needs it, and the unions below can take a while.
-        let hours: Hours = self
-            .links
-            .get(code)
-            .map(|link| {
+        // Copy the range out and let go at once: the click-log writer
+        // counts into this tally, and the unions below can take a while.
+        let tally = self.tallies.get(code).map(|t| t.clone());
+        let hours: Hours = tally
+            .map(|t| {
                 let lo = from_ms.div_euclid(HOUR_MS);
                 let hi = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS);
-                Hours(link.hours.range(lo, hi).to_vec())
+                Hours(t.lock().hours.range(lo, hi).to_vec())
             })
             .unwrap_or_default();
         let mut start = first;
@@ -246,7 +162,10 @@ impl StatsIndex {
         (total, series)
     }
 
-    /// Loads `stats.snapshot` if present; returns the log position it covers.
+    /// Loads `stats.snapshot` if present; returns the log position from
+    /// which the log must be replayed. A checkpoint of an older format
+    /// (its positions were in the old JSON log) is ignored: the whole log
+    /// is replayed instead.
     pub fn load_snapshot(&self, data_dir: &Path) -> std::io::Result<Position> {
         let path = data_dir.join(SNAPSHOT_FILE);
         let bytes = match std::fs::read(&path) {
@@ -256,58 +175,201 @@ impl StatsIndex {
         };
         let snap: Snapshot = serde_json::from_slice(&bytes)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        self.links.clear();
-        for (code, stats) in snap.links {
-            self.links.insert(code.into(), Arc::new(stats));
+        self.tallies.clear();
+        if snap.format != SNAPSHOT_FORMAT {
+            tracing::info!(
+                format = snap.format,
+                "stats: a checkpoint of an older format; recounting from the click log"
+            );
+            return Ok(Position::default());
+        }
+        for (code, counts) in snap.links {
+            self.tallies
+                .insert(code.into(), Arc::new(Tally::new(counts)));
         }
         Ok(snap.watermark)
     }
 
-    /// Applies every event in the log from `from` on; returns the end.
+    /// Adds every record in the log from `from` on that a link's saved
+    /// numbers do not already hold; returns the end.
     pub fn replay(&self, log_dir: &Path, from: Position) -> std::io::Result<Position> {
         let mut skipped = 0u64;
-        let end = segments::read_from(log_dir, from, |line, _| {
-            match serde_json::from_slice::<WireClick<'_>>(line) {
-                Ok(ev) => {
-                    let mut key = [0u8; 8];
-                    if hex::decode_to_slice(&ev.ip_hash[..16.min(ev.ip_hash.len())], &mut key)
-                        .is_err()
-                    {
-                        skipped += 1;
-                        return;
+        let end =
+            segments::read_from(log_dir, from, |payload, at| match Record::decode(payload) {
+                Ok(r) => {
+                    let tally = self.tally_of(r.code);
+                    if tally.lock().counted_to < raw(at) {
+                        add(&tally, r.ts_ms, r.bot.is_some(), r.visitor_key(), raw(at));
                     }
-                    self.record(&ev.code, ev.ts.0, ev.bot, u64::from_le_bytes(key));
                 }
                 Err(_) => skipped += 1,
-            }
-        })?;
+            })?;
         if skipped > 0 {
             tracing::warn!(
                 skipped,
-                "stats: unreadable click-log lines skipped in replay"
+                "stats: unreadable click-log records skipped in replay"
             );
         }
         Ok(end)
     }
 
-    /// What a checkpoint covering the log up to `watermark` holds, dropping
-    /// buckets older than `cutoff_ms` (retention) first. Copies a pointer
-    /// per link, not the stats: call it where no click is recorded
-    /// meanwhile (the writer's thread), write it anywhere.
-    pub fn capture(&self, watermark: Position, cutoff_ms: i64) -> Captured {
+    /// Writes a checkpoint: `watermark` is a position every click before
+    /// which is counted (the writer's synced position when it was called);
+    /// buckets older than `cutoff_ms` are dropped first (retention). Runs
+    /// anywhere: each link is locked only while its own entry is written.
+    pub fn write_checkpoint(
+        &self,
+        data_dir: &Path,
+        watermark: Position,
+        cutoff_ms: i64,
+    ) -> std::io::Result<()> {
         let cutoff_hour = cutoff_ms.div_euclid(HOUR_MS);
-        let mut links = Vec::with_capacity(self.links.len());
-        self.links.retain(|code, stats| {
-            if stats.hours.0.first().is_some_and(|(h, _)| *h < cutoff_hour) {
-                Arc::make_mut(stats).hours.drop_before(cutoff_hour);
+        let tallies: Vec<(Arc<str>, Arc<Tally>)> = self
+            .tallies
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.extend_from_slice(b"{\"format\":");
+        out.extend_from_slice(SNAPSHOT_FORMAT.to_string().as_bytes());
+        out.extend_from_slice(b",\"watermark\":");
+        serde_json::to_writer(&mut out, &watermark).map_err(std::io::Error::other)?;
+        out.extend_from_slice(b",\"links\":{");
+        let mut first = true;
+        for (code, tally) in &tallies {
+            let mut counts = tally.lock();
+            counts.hours.drop_before(cutoff_hour);
+            if counts.hours.is_empty() {
+                continue;
             }
-            if stats.hours.is_empty() {
-                return false;
+            if !first {
+                out.push(b',');
             }
-            links.push((code.clone(), stats.clone()));
-            true
+            first = false;
+            serde_json::to_writer(&mut out, &**code).map_err(std::io::Error::other)?;
+            out.push(b':');
+            serde_json::to_writer(&mut out, &*counts).map_err(std::io::Error::other)?;
+        }
+        out.extend_from_slice(b"}}");
+        crate::fsutil::write_atomic(&data_dir.join(SNAPSHOT_FILE), &out)
+    }
+}
+
+fn add(tally: &Tally, ts_ms: i64, bot: bool, visitor: u64, at: (u64, u64)) {
+    let mut counts = tally.lock();
+    let b = counts.hours.entry(ts_ms.div_euclid(HOUR_MS));
+    b.clicks += 1;
+    if bot {
+        b.bots += 1;
+    } else {
+        b.visitors.insert(visitor);
+    }
+    if at > counts.counted_to {
+        counts.counted_to = at;
+    }
+}
+
+/// The embedded stats as a click-log consumer: counts each written click,
+/// replays the log at start-up, and checkpoints on a background thread.
+pub struct StatsFeed {
+    index: Arc<StatsIndex>,
+    data_dir: std::path::PathBuf,
+    every: Duration,
+    retention: Duration,
+    last: Instant,
+    running: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl StatsFeed {
+    pub fn new(
+        index: Arc<StatsIndex>,
+        data_dir: &Path,
+        every: Duration,
+        retention: Duration,
+    ) -> StatsFeed {
+        StatsFeed {
+            index,
+            data_dir: data_dir.to_owned(),
+            every,
+            retention,
+            last: Instant::now(),
+            running: None,
+        }
+    }
+
+    fn cutoff_ms(&self) -> i64 {
+        crate::time::now_ms() - self.retention.as_millis() as i64
+    }
+}
+
+/// Logs a checkpoint that failed: that only means a longer replay at
+/// start-up.
+fn report_checkpoint(result: std::thread::Result<std::io::Result<()>>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stats: checkpoint failed; the log will be replayed")
+        }
+        Err(_) => tracing::error!("stats: the checkpoint thread panicked"),
+    }
+}
+
+impl Consumer for StatsFeed {
+    fn recover(&mut self, log_dir: &Path, _end: Position) -> std::io::Result<()> {
+        let watermark = self.index.load_snapshot(&self.data_dir)?;
+        let replayed_to = self.index.replay(log_dir, watermark)?;
+        tracing::info!(
+            from = ?watermark,
+            to = ?replayed_to,
+            "stats: caught up with the click log"
+        );
+        Ok(())
+    }
+
+    fn written(&mut self, batch: &Batch<'_>) {
+        for w in batch.clicks {
+            let ev = &w.event;
+            self.index.count(
+                &ev.link,
+                ev.ts_ms,
+                w.bot.is_some(),
+                ev.ip_hash.visitor_key(),
+                w.end,
+            );
+        }
+    }
+
+    fn synced(&mut self, at: Position) {
+        if self.last.elapsed() < self.every {
+            return;
+        }
+        if let Some(running) = self.running.take() {
+            if !running.is_finished() {
+                self.running = Some(running);
+                return;
+            }
+            report_checkpoint(running.join());
+        }
+        let (index, dir, cutoff) = (self.index.clone(), self.data_dir.clone(), self.cutoff_ms());
+        let spawned = crate::background::spawn("stats-checkpoint", move || {
+            let started = Instant::now();
+            let result = index.write_checkpoint(&dir, at, cutoff);
+            crate::telemetry::stats_snapshot_took(started.elapsed());
+            result
         });
-        Captured { watermark, links }
+        match spawned {
+            Ok(handle) => self.running = Some(handle),
+            Err(e) => report_checkpoint(Ok(Err(e))),
+        }
+        self.last = Instant::now();
+    }
+
+    fn close(&mut self, at: Position) {
+        if let Some(running) = self.running.take() {
+            report_checkpoint(running.join());
+        }
+        let cutoff = self.cutoff_ms();
+        report_checkpoint(Ok(self.index.write_checkpoint(&self.data_dir, at, cutoff)));
     }
 }
 
@@ -360,28 +422,90 @@ mod tests {
         assert_eq!(total.unique_visitors, 4);
     }
 
+    /// A click-log directory holding one record per `(code, ts, bot, visitor)`.
+    fn log_of(dir: &Path, clicks: &[(&str, i64, bool, u8)]) -> Vec<Position> {
+        let log = dir.join(segments::DIR_NAME);
+        std::fs::create_dir_all(&log).unwrap();
+        let ids = crate::clicks::ClickIds::new(&crate::keys::MasterKey::for_tests());
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for (code, ts, bot, visitor) in clicks {
+            let link = Arc::new(Link::compile(crate::links::LinkRecord::for_tests(
+                code,
+                "t",
+                "https://example.com/",
+            )));
+            let ev = crate::clicks::ClickEvent::new(
+                ids.mint(*ts as u64),
+                *ts,
+                link,
+                crate::clicks::IpHash {
+                    epoch: 0,
+                    digest: [*visitor; 16],
+                },
+                crate::clicks::Signals::default(),
+                crate::clicks::ClientText {
+                    user_agent: b"ua",
+                    referer: b"",
+                    sub: "",
+                },
+            );
+            let mark = segments::begin_frame(&mut bytes);
+            let bot = bot.then_some(crate::clicks::BotReason::Crawler);
+            crate::clicklog::record::encode(&ev, bot, Default::default(), &mut bytes);
+            segments::end_frame(&mut bytes, mark);
+            ends.push(Position {
+                segment: 1,
+                offset: bytes.len() as u64,
+            });
+        }
+        std::fs::write(segments::segment_path(&log, 1), &bytes).unwrap();
+        ends
+    }
+
     #[test]
-    fn a_checkpoint_holds_the_stats_as_captured_not_later_clicks() {
+    fn a_checkpoint_taken_while_clicks_are_counted_replays_to_exactly_the_log() {
         let dir = tempfile::tempdir().unwrap();
+        let clicks = [
+            ("a", T0, false, 1),
+            ("b", T0, false, 2),
+            ("a", T0 + 1, true, 3),
+            ("b", T0 + 2, false, 4),
+        ];
+        let ends = log_of(dir.path(), &clicks);
         let s = StatsIndex::default();
-        s.record("a", T0, false, 1);
-        let wm = Position {
-            segment: 1,
-            offset: 10,
-        };
-        let captured = s.capture(wm, T0 - DAY_MS);
-        // Clicks recorded while the checkpoint is written (on another
-        // thread) belong to the log after its watermark, not to it.
-        s.record("a", T0, false, 2);
-        s.record("b", T0, false, 3);
-        captured.write(dir.path()).unwrap();
+        let links: Vec<Arc<Link>> = ["a", "b"]
+            .iter()
+            .map(|c| {
+                Arc::new(Link::compile(crate::links::LinkRecord::for_tests(
+                    c,
+                    "t",
+                    "https://example.com/",
+                )))
+            })
+            .collect();
+        let link = |code: &str| &links[usize::from(code == "b")];
+        // The first two clicks are synced when the checkpoint starts; the
+        // third is counted before `a` is saved, the fourth after `b` is:
+        // both lie after the checkpoint's watermark.
+        for (i, (code, ts, bot, v)) in clicks.iter().enumerate().take(3) {
+            s.count(link(code), *ts, *bot, u64::from_le_bytes([*v; 8]), ends[i]);
+        }
+        s.write_checkpoint(dir.path(), ends[1], T0 - DAY_MS)
+            .unwrap();
+        let (code, ts, bot, v) = clicks[3];
+        s.count(link(code), ts, bot, u64::from_le_bytes([v; 8]), ends[3]);
+
         let t = StatsIndex::default();
-        assert_eq!(t.load_snapshot(dir.path()).unwrap(), wm);
-        let day = |ix: &StatsIndex, code| ix.query(code, T0, T0 + DAY_MS, Interval::Day).0;
-        assert_eq!(day(&t, "a").clicks, 1);
-        assert_eq!(day(&t, "b").clicks, 0);
-        assert_eq!(day(&s, "a").clicks, 2);
-        assert_eq!(day(&s, "a").unique_visitors, 2);
+        let from = t.load_snapshot(dir.path()).unwrap();
+        assert_eq!(from, ends[1]);
+        t.replay(&dir.path().join(segments::DIR_NAME), from)
+            .unwrap();
+        for code in ["a", "b"] {
+            let day = |ix: &StatsIndex| ix.query(code, T0, T0 + DAY_MS, Interval::Day).0;
+            assert_eq!(day(&t), day(&s), "link {code}");
+            assert_eq!(day(&t).clicks, 2);
+        }
     }
 
     #[test]
@@ -390,14 +514,28 @@ mod tests {
         let s = StatsIndex::default();
         s.record("a", T0, false, 1);
         s.record("a", T0 - 100 * DAY_MS, false, 1);
+        s.record("old", T0 - 100 * DAY_MS, false, 1);
         let wm = Position {
             segment: 3,
             offset: 77,
         };
-        s.capture(wm, T0 - DAY_MS).write(dir.path()).unwrap();
+        s.write_checkpoint(dir.path(), wm, T0 - DAY_MS).unwrap();
         let t = StatsIndex::default();
         assert_eq!(t.load_snapshot(dir.path()).unwrap(), wm);
         let (c, _) = t.query("a", T0 - 200 * DAY_MS, T0 + DAY_MS, Interval::Day);
         assert_eq!(c.clicks, 1);
+        assert!(!t.tallies.contains_key("old"));
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_old_format_means_a_full_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(SNAPSHOT_FILE),
+            br#"{"watermark":{"segment":4,"offset":10},"links":{}}"#,
+        )
+        .unwrap();
+        let t = StatsIndex::default();
+        assert_eq!(t.load_snapshot(dir.path()).unwrap(), Position::default());
     }
 }

@@ -29,6 +29,7 @@ pub const STATS_SNAPSHOT: &str = "clickedge_stats_snapshot_duration_seconds";
 pub const CLICKLOG_OVERFLOW: &str = "clickedge_clicklog_overflow_total";
 pub const CLICKLOG_WRITE_ERRORS: &str = "clickedge_clicklog_write_errors_total";
 pub const CLICKLOG_SEGMENTS: &str = "clickedge_clicklog_segments";
+pub const CLICKLOG_DAMAGED: &str = "clickedge_clicklog_damaged_records_total";
 pub const TLS_RELOADS: &str = "clickedge_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "clickedge_tls_handshake_failures_total";
 pub const POSTBACKS: &str = "clickedge_postbacks_total";
@@ -139,6 +140,10 @@ fn describe_and_zero() {
         "Failed click-log writes (retried; the batch is kept)."
     );
     describe_gauge!(CLICKLOG_SEGMENTS, "Click-log segment files on disk.");
+    describe_counter!(
+        CLICKLOG_DAMAGED,
+        "Damaged click-log records met in closed segments (the rest of such a segment is skipped)."
+    );
     describe_counter!(TLS_RELOADS, "Certificate reloads after the files changed, by result (ok, failed: the old certificate keeps serving).");
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
@@ -381,6 +386,12 @@ pub fn tls_handshake_failed() {
     counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }
 
+/// A reader met a damaged record in a closed segment and skipped the rest
+/// of that segment.
+pub fn clicklog_damaged() {
+    counter!(CLICKLOG_DAMAGED).increment(1);
+}
+
 pub fn clicklog_segments(n: usize) {
     gauge!(CLICKLOG_SEGMENTS).set(n as f64);
 }
@@ -394,6 +405,7 @@ pub const SHIP_BACKLOG_FULL: &str = "clickedge_ship_backlog_full";
 pub const SHIP_SENT: &str = "clickedge_ship_sent_total";
 pub const SHIP_DELIVERED: &str = "clickedge_ship_delivered_total";
 pub const SHIP_DELIVERY_ERRORS: &str = "clickedge_ship_delivery_errors_total";
+pub const SHIP_FROM_MEMORY: &str = "clickedge_ship_records_total";
 pub const SHIP_LEDGER_DELIVERED: &str = "clickedge_ship_ledger_delivered_total";
 pub const SHIP_LEDGER_BACKLOG_BYTES: &str = "clickedge_ship_ledger_backlog_bytes";
 pub const KAFKA_CLIENT_ERRORS: &str = "clickedge_kafka_client_errors_total";
@@ -428,6 +440,10 @@ fn describe_pipeline() {
         "Click records handed to the Kafka producer (re-sends included)."
     );
     describe_counter!(SHIP_DELIVERED, "Click records acknowledged by Kafka.");
+    describe_counter!(
+        SHIP_FROM_MEMORY,
+        "Click records the shipper read, by source: memory (the writer's fresh batches) or file (after a restart, a rewind, or when it fell behind)."
+    );
     describe_counter!(
         SHIP_DELIVERY_ERRORS,
         "Failed deliveries (the records are re-sent from the click log)."
@@ -480,6 +496,17 @@ pub fn ship_backlog(bytes: u64, inflight: usize, oldest_age_secs: f64, full: boo
     gauge!(SHIP_INFLIGHT).set(inflight as f64);
     gauge!(SHIP_OLDEST_AGE).set(oldest_age_secs);
     gauge!(SHIP_BACKLOG_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+/// Records the shipper took from the writer's batches in memory and from
+/// the file.
+pub fn ship_read(from_memory: u64, from_file: u64) {
+    if from_memory > 0 {
+        counter!(SHIP_FROM_MEMORY, "source" => "memory").increment(from_memory);
+    }
+    if from_file > 0 {
+        counter!(SHIP_FROM_MEMORY, "source" => "file").increment(from_file);
+    }
 }
 
 pub fn ship_sent(n: u64) {
@@ -545,6 +572,8 @@ pub fn pipeline_zero(sink: bool) {
     } else {
         counter!(SHIP_DELIVERY_ERRORS).absolute(0);
         counter!(SHIP_SENT).absolute(0);
+        counter!(SHIP_FROM_MEMORY, "source" => "memory").absolute(0);
+        counter!(SHIP_FROM_MEMORY, "source" => "file").absolute(0);
         counter!(SHIP_DELIVERED).absolute(0);
         counter!(SHIP_LEDGER_DELIVERED).absolute(0);
     }

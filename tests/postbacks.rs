@@ -753,11 +753,16 @@ async fn dedupe_survives_a_restart_and_an_unknown_click_is_matched_once_it_is_re
         "ip_hash": "00".repeat(16), "user_agent": BROWSER_UA, "referer": "", "sub": "",
         "bot": false, "bot_reason": null, "edge_node": "elsewhere", "salt_epoch": 0
     });
+    let text = line.to_string();
+    let wire: clickedge::clicks::WireClick = serde_json::from_str(&text).unwrap();
+    let (mut payload, mut framed) = (Vec::new(), Vec::new());
+    clickedge::clicklog::record::encode_wire(&wire, &mut payload);
+    clickedge::clicklog::segments::frame(&payload, &mut framed);
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(segs.last().unwrap())
         .unwrap();
-    writeln!(f, "{line}").unwrap();
+    f.write_all(&framed).unwrap();
     drop(f);
 
     let server = Server::start_in(dir.path(), &env());

@@ -15,7 +15,7 @@ use clickedge::edge::shed::InFlightLimit;
 use clickedge::edge::{CookieTemplate, Edge};
 use clickedge::keys::MasterKey;
 use clickedge::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
-use clickedge::stats::StatsIndex;
+use clickedge::stats::{StatsFeed, StatsIndex};
 use clickedge::telemetry::EdgeMetrics;
 
 pub const BROWSER_UA: &str =
@@ -78,13 +78,15 @@ pub fn fixture(links: usize) -> Fixture {
             overflow_wait: Duration::from_millis(50),
             fsync_interval: Duration::from_millis(50),
             segment_bytes: 64 << 20,
-            snapshot_interval: Duration::from_secs(3600),
             retention: Duration::from_secs(90 * 86_400),
             delete_old_segments: true,
-            edge_node: "bench".into(),
-            click_index: None,
         },
-        Some(Arc::new(StatsIndex::default())),
+        vec![Box::new(StatsFeed::new(
+            Arc::new(StatsIndex::default()),
+            dir.path(),
+            Duration::from_secs(3600),
+            Duration::from_secs(90 * 86_400),
+        ))],
     )
     .unwrap();
     let cookie_cfg = CookieConfig {
@@ -121,7 +123,8 @@ pub fn fixture(links: usize) -> Fixture {
 }
 
 /// One whole redirect as the server does it: the edge's decision, then the
-/// click-log writer's classification and encoding of the event into `buf`.
+/// click-log writer's classification and encoding of the event's record
+/// into `buf`.
 /// Returns the headers the edge would send.
 pub fn redirect_and_encode(
     fx: &Fixture,
@@ -142,7 +145,7 @@ pub fn redirect_and_encode(
     };
     buf.clear();
     let bot = classifier.classify(event.user_agent(), event.signals);
-    event.encode_json(bot, "bench", buf);
+    clickedge::clicklog::record::encode(&event, bot, Default::default(), buf);
     (location, cookie)
 }
 

@@ -2,14 +2,22 @@
 //!
 //! The edge hands each event to [`ClickLog::record`], which never does I/O:
 //! it pushes onto a bounded queue drained by one writer thread. The writer
-//! encodes events as JSON lines, writes each batch as it comes (group
-//! commit), fsyncs at `fsync_interval`, rotates segments by size, feeds the
-//! embedded stats, and deletes segments past retention.
+//! classifies each click, encodes it as a binary [`record`], writes each
+//! batch as it comes (group commit), fsyncs at `fsync_interval`, rotates
+//! segments by size and deletes segments past retention (embedded mode).
+//!
+//! What happens to a click after it is written is not the log's business:
+//! the writer hands each written batch to its [`Consumer`]s (the embedded
+//! stats, the postback click index, the Kafka shipper), which depend on
+//! this module and never the reverse.
 //!
 //! When the queue is full the configured [`OverflowPolicy`] decides, and
 //! every outcome is counted: by default the redirect waits briefly and then
 //! answers 503, so no redirect is ever answered without its click recorded.
 
+pub mod cli;
+pub mod legacy;
+pub mod record;
 pub mod segments;
 mod writer;
 
@@ -19,11 +27,63 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::clicks::ClickEvent;
+use crate::clicks::{BotReason, ClickEvent};
 use crate::config::OverflowPolicy;
 use crate::telemetry;
 pub use segments::Position;
 pub use writer::{spawn_writer, WriterConfig, WriterHandle};
+
+/// One click as written: the event the edge handed over, the writer's bot
+/// verdict, and the log position right after its record.
+pub struct Written {
+    pub event: ClickEvent,
+    pub bot: Option<BotReason>,
+    pub end: Position,
+}
+
+/// One batch the writer has just written (not yet fsynced).
+pub struct Batch<'a> {
+    pub clicks: &'a [Written],
+    /// The batch's frames, byte for byte as in the segment.
+    pub bytes: &'a [u8],
+    /// Where `bytes` start in the log.
+    pub start: Position,
+    /// The end of the batch written before this one: equal to `start`
+    /// unless the segment rotated in between (then it is the old
+    /// segment's end). A reader that had reached `follows` can go on with
+    /// this batch without reading the file.
+    pub follows: Position,
+}
+
+impl Batch<'_> {
+    /// The position after the batch.
+    pub fn end(&self) -> Position {
+        Position {
+            segment: self.start.segment,
+            offset: self.start.offset + self.bytes.len() as u64,
+        }
+    }
+}
+
+/// What the writer feeds. Every method runs on the writer's thread, which
+/// shares a core with the edge: keep each call's work bounded (per click, a
+/// few map or counter updates; anything long goes to another thread).
+pub trait Consumer: Send {
+    /// Before the writer starts, once the log is opened (its damaged tail
+    /// cut): catch up with what the log holds up to `end`.
+    fn recover(&mut self, _log_dir: &std::path::Path, _end: Position) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// A batch is written.
+    fn written(&mut self, batch: &Batch<'_>);
+
+    /// Everything before `at` is fsynced.
+    fn synced(&mut self, _at: Position) {}
+
+    /// The writer is stopping; everything before `at` is written and synced.
+    fn close(&mut self, _at: Position) {}
+}
 
 /// Granularity of the bounded wait under the backpressure policy.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(1);

@@ -1,4 +1,5 @@
-//! The click-log writer thread: queue → JSON lines → segment → fsync.
+//! The click-log writer thread: queue → binary records → segment → fsync,
+//! then each written batch to the consumers.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,10 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::segments::{self, Position};
-use super::{ClickLog, Msg};
+use super::{record, Batch, ClickLog, Consumer, Msg, Written};
 use crate::clicks::{BotClassifier, CachedClassifier, ClickEvent};
 use crate::config::OverflowPolicy;
-use crate::stats::StatsIndex;
 use crate::telemetry;
 
 /// Write once this much is buffered even if more events are waiting.
@@ -44,16 +44,11 @@ pub struct WriterConfig {
     pub overflow_wait: Duration,
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
-    pub snapshot_interval: Duration,
-    /// Stats buckets and (when `delete_old_segments`) segments older than
-    /// this are dropped.
+    /// Segments older than this are deleted when `delete_old_segments`.
     pub retention: Duration,
     /// False in full mode, where the shipper deletes segments once Kafka
     /// has them (never one it has not shipped, however old).
     pub delete_old_segments: bool,
-    pub edge_node: String,
-    /// Fed with each click once it is written (postback matching).
-    pub click_index: Option<Arc<crate::postback::ClickIndex>>,
 }
 
 /// Owns the writer thread; `shutdown` flushes, fsyncs and checkpoints.
@@ -74,18 +69,15 @@ impl WriterHandle {
     }
 }
 
-/// Opens the log (repairing a torn tail), replays what the stats snapshot
-/// has not seen, and starts the writer thread.
-///
-/// `stats` is `None` in full mode, where stats are read from ClickHouse:
-/// the embedded index would cost the writer a map update per click (and
-/// its memory) for nobody to read.
+/// Opens the log (cutting a torn tail, converting an old JSON log), lets
+/// each consumer catch up with it, and starts the writer thread.
 pub fn spawn_writer(
     cfg: WriterConfig,
-    stats: Option<Arc<StatsIndex>>,
+    mut consumers: Vec<Box<dyn Consumer>>,
 ) -> std::io::Result<(ClickLog, WriterHandle)> {
     let dir = cfg.data_dir.join(segments::DIR_NAME);
     crate::fsutil::create_private_dir(&dir)?;
+    super::legacy::convert(&cfg.data_dir)?;
     let seqs = segments::list(&dir)?;
     let (seq, len) = match seqs.last() {
         Some(&seq) => (
@@ -94,14 +86,12 @@ pub fn spawn_writer(
         ),
         None => (1, 0),
     };
-    if let Some(stats) = &stats {
-        let watermark = stats.load_snapshot(&cfg.data_dir)?;
-        let replayed_to = stats.replay(&dir, watermark)?;
-        tracing::info!(
-            from = ?watermark,
-            to = ?replayed_to,
-            "clicklog: stats caught up with the log"
-        );
+    let end = Position {
+        segment: seq,
+        offset: len,
+    };
+    for consumer in &mut consumers {
+        consumer.recover(&dir, end)?;
     }
     let (seq, len) = if len >= cfg.segment_bytes {
         (seq + 1, 0)
@@ -120,10 +110,10 @@ pub fn spawn_writer(
             segment: seq,
             offset: len,
         },
+        last_end: end,
         synced: true,
         classifier: CachedClassifier::new(BotClassifier::default(), UA_CACHE_ENTRIES),
-        stats,
-        checkpointing: None,
+        consumers,
         alive,
         cfg,
     };
@@ -151,54 +141,21 @@ struct Writer {
     rx: Receiver<Msg>,
     file: File,
     position: Position,
+    /// The end of the last batch written (in an older segment if the log
+    /// rotated since): what the next batch follows.
+    last_end: Position,
     synced: bool,
     classifier: CachedClassifier,
-    stats: Option<Arc<StatsIndex>>,
-    /// The stats checkpoint being written, if one is.
-    checkpointing: Option<JoinHandle<std::io::Result<()>>>,
+    consumers: Vec<Box<dyn Consumer>>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
-}
-
-/// Logs a checkpoint that failed: that only means a longer replay at
-/// start-up.
-fn report_checkpoint(result: std::thread::Result<std::io::Result<()>>) {
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "clicklog: stats checkpoint failed; the log will be replayed")
-        }
-        Err(_) => tracing::error!("clicklog: the stats checkpoint thread panicked"),
-    }
-}
-
-/// Stats facts of one written event, applied after its bytes are on disk.
-struct Pending {
-    /// The event's own handle, moved here (no extra reference count).
-    link: Arc<crate::links::Link>,
-    click_id: crate::clicks::ClickId,
-    ts_ms: i64,
-    bot: bool,
-    visitor: u64,
-}
-
-impl Pending {
-    fn indexed(&self) -> crate::postback::click_index::IndexedClick<'_> {
-        crate::postback::click_index::IndexedClick {
-            click_id: self.click_id.as_str(),
-            ts_ms: self.ts_ms,
-            link: &self.link,
-            bot: self.bot,
-        }
-    }
 }
 
 impl Writer {
     fn run(&mut self) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 64 * 1024);
-        let mut pending = Vec::with_capacity(4096);
+        let mut pending: Vec<Written> = Vec::with_capacity(4096);
         let mut last_fsync = Instant::now();
-        let mut last_snapshot = Instant::now();
         let mut last_retention: Option<Instant> = None;
         let mut stopping = false;
         let mut failures = 0u32;
@@ -238,6 +195,7 @@ impl Writer {
             telemetry::clicklog_queue_depth(self.rx.len());
             busy = !buf.is_empty();
             if !buf.is_empty() {
+                let start = self.position;
                 if let Err(e) = self.append(&buf) {
                     // Keep the batch; the queue fills and the overflow policy
                     // takes over at the edge. Nothing is dropped here.
@@ -246,28 +204,26 @@ impl Writer {
                 }
                 failures = 0;
                 let written = Instant::now();
-                buf.clear();
                 telemetry::clicklog_events(pending.len() as u64);
-                // Index first: a click visible in stats is matchable.
-                if let Some(index) = &self.cfg.click_index {
-                    let now_ms = chrono::Utc::now().timestamp_millis();
-                    index.record_all(pending.iter().map(Pending::indexed), now_ms);
+                let batch = Batch {
+                    clicks: &pending,
+                    bytes: &buf,
+                    start,
+                    follows: self.last_end,
+                };
+                for consumer in &mut self.consumers {
+                    consumer.written(&batch);
                 }
-                let indexed = Instant::now();
-                if let Some(stats) = &self.stats {
-                    for p in &pending {
-                        stats.record(p.link.code(), p.ts_ms, p.bot, p.visitor);
-                    }
-                }
+                self.last_end = batch.end();
                 slow.observe(BatchTimes {
                     events: pending.len(),
                     cpu: thread_cpu_time().saturating_sub(cpu_started),
                     started,
                     written,
-                    indexed,
                     done: Instant::now(),
                     queued: self.rx.len(),
                 });
+                buf.clear();
                 pending.clear();
             }
             let fsync_due = last_fsync.elapsed() >= self.cfg.fsync_interval;
@@ -279,13 +235,15 @@ impl Writer {
                     continue;
                 }
                 last_fsync = Instant::now();
+                for consumer in &mut self.consumers {
+                    consumer.synced(self.position);
+                }
             }
             self.rotate_if_full();
-            let snapshot_due = stopping || last_snapshot.elapsed() >= self.cfg.snapshot_interval;
-            if self.synced && snapshot_due && self.checkpoint(stopping) {
-                last_snapshot = Instant::now();
-            }
             if stopping {
+                for consumer in &mut self.consumers {
+                    consumer.close(self.position);
+                }
                 tracing::info!(position = ?self.position, "clicklog: flushed and closed");
                 return Ok(());
             }
@@ -298,47 +256,20 @@ impl Writer {
         }
     }
 
-    /// Starts a stats checkpoint of the log as written (and synced) so far;
-    /// false if the last one is still being written. The capture is quick
-    /// and done here, where no click is recorded meanwhile; serialising and
-    /// writing run on a thread of the lowest priority, so on a core shared
-    /// with the edge they take only time the redirects leave idle. At
-    /// `shutdown` it is all done here, after the one in progress.
-    fn checkpoint(&mut self, shutdown: bool) -> bool {
-        let Some(stats) = &self.stats else {
-            return false;
-        };
-        if let Some(running) = self.checkpointing.take() {
-            if !running.is_finished() && !shutdown {
-                self.checkpointing = Some(running);
-                return false;
-            }
-            report_checkpoint(running.join());
-        }
-        let started = Instant::now();
-        let captured = stats.capture(self.position, self.retention_cutoff_ms());
-        telemetry::stats_snapshot_took(started.elapsed());
-        let data_dir = self.cfg.data_dir.clone();
-        if shutdown {
-            report_checkpoint(Ok(captured.write(&data_dir)));
-            return true;
-        }
-        match crate::background::spawn("stats-checkpoint", move || captured.write(&data_dir)) {
-            Ok(handle) => self.checkpointing = Some(handle),
-            Err(e) => report_checkpoint(Ok(Err(e))),
-        }
-        true
-    }
-
-    fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Pending>) {
+    /// Classifies `ev` and appends its framed record to `buf`.
+    fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Written>) {
         let bot = self.classifier.classify(ev.user_agent(), ev.signals);
-        ev.encode_json(bot, &self.cfg.edge_node, buf);
-        pending.push(Pending {
-            click_id: ev.click_id,
-            ts_ms: ev.ts_ms,
-            bot: bot.is_some(),
-            visitor: ev.ip_hash.visitor_key(),
-            link: ev.link,
+        let mark = segments::begin_frame(buf);
+        record::encode(&ev, bot, record::Route::default(), buf);
+        segments::end_frame(buf, mark);
+        let end = Position {
+            segment: self.position.segment,
+            offset: self.position.offset + buf.len() as u64,
+        };
+        pending.push(Written {
+            event: ev,
+            bot,
+            end,
         });
     }
 
@@ -387,11 +318,6 @@ impl Writer {
         Ok(())
     }
 
-    fn retention_cutoff_ms(&self) -> i64 {
-        let now = chrono::Utc::now().timestamp_millis();
-        now - self.cfg.retention.as_millis() as i64
-    }
-
     /// Deletes closed segments last written before the retention cut-off.
     fn apply_retention(&self) {
         let Ok(seqs) = segments::list(&self.dir) else {
@@ -423,7 +349,7 @@ impl Writer {
     }
 }
 
-/// Where one batch's time went: read and encode, write, click index, stats.
+/// Where one batch's time went: read, encode and write, then the consumers.
 struct BatchTimes {
     events: usize,
     /// On-CPU time: wall time minus the time the edge (or anything else)
@@ -433,7 +359,6 @@ struct BatchTimes {
     cpu: Duration,
     started: Instant,
     written: Instant,
-    indexed: Instant,
     done: Instant,
     /// Clicks waiting when the batch was done.
     queued: usize,
@@ -467,8 +392,7 @@ impl SlowBatches {
             took_ms = ms(took),
             cpu_ms = ms(t.cpu),
             encode_write_ms = ms(t.written - t.started),
-            index_ms = ms(t.indexed - t.written),
-            stats_ms = ms(t.done - t.indexed),
+            consumers_ms = ms(t.done - t.written),
             queued = t.queued,
             slow_since_last_line = self.unlogged,
             "clicklog: slow batch"
@@ -504,12 +428,13 @@ fn open_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clicks::{ClickIds, ClientText, IpHash, Signals};
     use crate::links::{Link, LinkRecord};
+    use std::sync::Mutex;
 
-    fn config(dir: &std::path::Path) -> WriterConfig {
+    pub(crate) fn config(dir: &std::path::Path) -> WriterConfig {
         WriterConfig {
             data_dir: dir.to_owned(),
             queue_capacity: 16,
@@ -517,15 +442,12 @@ mod tests {
             overflow_wait: Duration::from_millis(50),
             fsync_interval: Duration::from_millis(10),
             segment_bytes: 1 << 20,
-            snapshot_interval: Duration::from_millis(1),
             retention: Duration::from_secs(86_400),
             delete_old_segments: true,
-            edge_node: "test".into(),
-            click_index: None,
         }
     }
 
-    fn click() -> ClickEvent {
+    pub(crate) fn click() -> ClickEvent {
         let link = Arc::new(Link::compile(LinkRecord::for_tests(
             "abc",
             "acme",
@@ -549,47 +471,84 @@ mod tests {
         )
     }
 
-    fn logged_lines(dir: &std::path::Path) -> usize {
+    /// What a consumer was told, in order.
+    #[derive(Default)]
+    struct Seen {
+        recovered_to: Option<Position>,
+        batches: Vec<(Position, Position, usize, Vec<u8>)>,
+        synced: Vec<Position>,
+        closed: Option<Position>,
+    }
+
+    struct Recorder(Arc<Mutex<Seen>>);
+
+    impl Consumer for Recorder {
+        fn recover(&mut self, _: &std::path::Path, end: Position) -> std::io::Result<()> {
+            self.0.lock().unwrap().recovered_to = Some(end);
+            Ok(())
+        }
+        fn written(&mut self, b: &Batch<'_>) {
+            let entry = (b.follows, b.start, b.clicks.len(), b.bytes.to_vec());
+            self.0.lock().unwrap().batches.push(entry);
+        }
+        fn synced(&mut self, at: Position) {
+            self.0.lock().unwrap().synced.push(at);
+        }
+        fn close(&mut self, at: Position) {
+            self.0.lock().unwrap().closed = Some(at);
+        }
+    }
+
+    fn log_bytes(dir: &std::path::Path) -> Vec<u8> {
         let log = dir.join(segments::DIR_NAME);
         segments::list(&log)
             .unwrap()
             .iter()
-            .map(|seq| {
-                let text = std::fs::read_to_string(segments::segment_path(&log, *seq)).unwrap();
-                text.lines().count()
-            })
-            .sum()
+            .flat_map(|seq| std::fs::read(segments::segment_path(&log, *seq)).unwrap())
+            .collect()
     }
 
-    async fn record_one_and_stop(dir: &std::path::Path, stats: Option<Arc<StatsIndex>>) {
-        let (log, writer) = spawn_writer(config(dir), stats).unwrap();
-        assert_eq!(log.record(click()).await, super::super::Recorded::Queued);
+    #[tokio::test]
+    async fn consumers_see_each_batch_as_written_then_synced_then_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (log, writer) =
+            spawn_writer(config(dir.path()), vec![Box::new(Recorder(seen.clone()))]).unwrap();
+        for _ in 0..3 {
+            assert_eq!(log.record(click()).await, super::super::Recorded::Queued);
+        }
         writer.shutdown().unwrap();
-    }
-
-    #[tokio::test]
-    async fn with_stats_the_writer_counts_and_checkpoints_each_click() {
-        let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(StatsIndex::default());
-        record_one_and_stop(dir.path(), Some(stats.clone())).await;
-        assert_eq!(logged_lines(dir.path()), 1);
-        let now = crate::time::now_ms();
-        let (counts, _) = stats.query(
-            "abc",
-            now - 3_600_000,
-            now + 1,
-            crate::stats::Interval::Hour,
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.recovered_to,
+            Some(Position {
+                segment: 1,
+                offset: 0
+            })
         );
-        assert_eq!(counts.clicks, 1);
-        assert!(dir.path().join("stats.snapshot").exists());
-    }
-
-    #[tokio::test]
-    async fn without_stats_the_click_is_logged_and_no_snapshot_is_written() {
-        // Full mode: stats are ClickHouse's.
-        let dir = tempfile::tempdir().unwrap();
-        record_one_and_stop(dir.path(), None).await;
-        assert_eq!(logged_lines(dir.path()), 1);
-        assert!(!dir.path().join("stats.snapshot").exists());
+        let on_disk = log_bytes(dir.path());
+        let handed: Vec<u8> = seen.batches.iter().flat_map(|b| b.3.clone()).collect();
+        assert_eq!(handed, on_disk, "consumers get the bytes as written");
+        assert_eq!(seen.batches.iter().map(|b| b.2).sum::<usize>(), 3);
+        for pair in seen.batches.windows(2) {
+            let end = Position {
+                segment: 1,
+                offset: pair[0].1.offset + pair[0].3.len() as u64,
+            };
+            assert_eq!(pair[1].0, end, "each batch follows the one before");
+        }
+        let end = Position {
+            segment: 1,
+            offset: on_disk.len() as u64,
+        };
+        assert_eq!(seen.synced.last(), Some(&end));
+        assert_eq!(seen.closed, Some(end));
+        let mut records = 0;
+        segments::frames(&on_disk, |p, _| {
+            let r = record::Record::decode(p).unwrap();
+            assert_eq!((r.code, r.tenant, r.bot), ("abc", "acme", None));
+            records += 1;
+        });
+        assert_eq!(records, 3);
     }
 }

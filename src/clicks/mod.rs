@@ -6,7 +6,7 @@
 pub mod bots;
 pub mod id;
 pub mod iphash;
-mod json;
+pub(crate) mod json;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -90,72 +90,6 @@ impl ClickEvent {
 
     pub fn sub(&self) -> &str {
         &self.text[self.referer_end as usize..]
-    }
-
-    /// Appends the event as one JSON line (schema v1) to `out`: the bytes
-    /// `serde_json` writes for the event's [`WireClick`], without its
-    /// generic machinery (see [`json`]).
-    pub fn encode_json(&self, bot: Option<BotReason>, edge_node: &str, out: &mut Vec<u8>) {
-        let mut hex = [0u8; 32];
-        hex::encode_to_slice(self.ip_hash.digest, &mut hex).expect("32 hex chars");
-        let ip_hash = std::str::from_utf8(&hex).expect("hex is ASCII");
-        out.extend_from_slice(b"{\"v\":");
-        json::push_u64(out, u64::from(EVENT_VERSION));
-        let text = |out: &mut Vec<u8>, key, value| {
-            out.push(b',');
-            json::push_key(out, key);
-            json::push_str(out, value);
-        };
-        text(out, "click_id", self.click_id.as_str());
-        out.extend_from_slice(b",\"ts\":");
-        json::push_rfc3339_millis(out, self.ts_ms);
-        text(out, "tenant", self.link.tenant());
-        text(out, "code", self.link.code());
-        text(out, "destination", self.link.destination());
-        text(out, "ip_hash", ip_hash);
-        text(out, "user_agent", self.user_agent());
-        text(out, "referer", self.referer());
-        text(out, "sub", self.sub());
-        out.extend_from_slice(if bot.is_some() {
-            b",\"bot\":true"
-        } else {
-            b",\"bot\":false"
-        });
-        match bot {
-            Some(reason) => text(out, "bot_reason", reason.as_str()),
-            None => out.extend_from_slice(b",\"bot_reason\":null"),
-        }
-        text(out, "edge_node", edge_node);
-        out.extend_from_slice(b",\"salt_epoch\":");
-        json::push_u64(out, self.ip_hash.epoch);
-        out.extend_from_slice(b"}\n");
-    }
-
-    /// The event as [`WireClick`], for checking [`Self::encode_json`]
-    /// against serde.
-    #[cfg(test)]
-    fn to_wire<'a>(
-        &'a self,
-        bot: Option<BotReason>,
-        edge_node: &'a str,
-        ip_hash_hex: &'a str,
-    ) -> WireClick<'a> {
-        WireClick {
-            v: EVENT_VERSION,
-            click_id: Cow::Borrowed(self.click_id.as_str()),
-            ts: Rfc3339Millis(self.ts_ms),
-            tenant: Cow::Borrowed(self.link.tenant()),
-            code: Cow::Borrowed(self.link.code()),
-            destination: Cow::Borrowed(self.link.destination()),
-            ip_hash: Cow::Borrowed(ip_hash_hex),
-            user_agent: Cow::Borrowed(self.user_agent()),
-            referer: Cow::Borrowed(self.referer()),
-            sub: Cow::Borrowed(self.sub()),
-            bot: bot.is_some(),
-            bot_reason: bot.map(|b| Cow::Borrowed(b.as_str())),
-            edge_node: Cow::Borrowed(edge_node),
-            salt_epoch: self.ip_hash.epoch,
-        }
     }
 }
 
@@ -284,83 +218,6 @@ mod tests {
             "acme",
             "https://example.com/",
         )))
-    }
-
-    #[test]
-    fn events_encode_to_schema_v1_json_lines() {
-        let ids = ClickIds::new(&crate::keys::MasterKey::for_tests());
-        let id = ids.mint(1_790_000_000_123);
-        let ev = ClickEvent::new(
-            id,
-            1_790_000_000_123,
-            link(),
-            IpHash {
-                epoch: 9,
-                digest: [0xab; 16],
-            },
-            Signals::default(),
-            ClientText {
-                user_agent: b"Mozilla/5.0 \"quoted\"",
-                referer: b"https://ref.example/",
-                sub: "s-1",
-            },
-        );
-        let mut out = Vec::new();
-        ev.encode_json(Some(BotReason::Crawler), "node-1", &mut out);
-        assert_eq!(out.last(), Some(&b'\n'));
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["v"], 1);
-        assert_eq!(v["click_id"], id.as_str());
-        assert_eq!(v["ts"], "2026-09-21T14:13:20.123Z");
-        assert_eq!(v["tenant"], "acme");
-        assert_eq!(v["code"], "abc");
-        assert_eq!(v["destination"], "https://example.com/");
-        assert_eq!(v["ip_hash"], "ab".repeat(16));
-        assert_eq!(v["user_agent"], "Mozilla/5.0 \"quoted\"");
-        assert_eq!(v["referer"], "https://ref.example/");
-        assert_eq!(v["sub"], "s-1");
-        assert_eq!(v["bot"], true);
-        assert_eq!(v["bot_reason"], "crawler");
-        assert_eq!(v["edge_node"], "node-1");
-        let back: WireClick<'_> = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
-        assert_eq!(back.ts, Rfc3339Millis(1_790_000_000_123));
-        assert_eq!(back.user_agent, "Mozilla/5.0 \"quoted\"");
-    }
-
-    proptest::proptest! {
-        /// The hand-written line is the line serde_json writes for the
-        /// same `WireClick`, whatever the client sent.
-        #[test]
-        fn the_json_line_is_what_serde_writes(
-            ua in proptest::prelude::any::<String>(),
-            referer in "[\\x00-\\x7f\u{e9}\u{1F600}]{0,40}",
-            sub in proptest::prelude::any::<String>(),
-            tenant in "[a-z\"\\\\]{1,12}",
-            bot in 0usize..3,
-            epoch in proptest::prelude::any::<u64>(),
-            ts in 0i64..253_402_300_799_999,
-        ) {
-            let reason = [None, Some(BotReason::Crawler), Some(BotReason::Prefetch)][bot];
-            let link = Arc::new(Link::compile(LinkRecord::for_tests(
-                "abc",
-                &tenant,
-                "https://example.com/?q=\"x\"",
-            )));
-            let ev = ClickEvent::new(
-                ClickIds::new(&crate::keys::MasterKey::for_tests()).mint(ts as u64),
-                ts,
-                link,
-                IpHash { epoch, digest: [0x5a; 16] },
-                Signals::default(),
-                ClientText { user_agent: ua.as_bytes(), referer: referer.as_bytes(), sub: &sub },
-            );
-            let mut ours = Vec::new();
-            ev.encode_json(reason, "node\t1", &mut ours);
-            let hex = "5a".repeat(16);
-            let mut theirs = serde_json::to_vec(&ev.to_wire(reason, "node\t1", &hex)).unwrap();
-            theirs.push(b'\n');
-            proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
-        }
     }
 
     #[test]

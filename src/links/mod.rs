@@ -4,16 +4,18 @@
 //! Nothing in here touches the network.
 
 pub mod table;
+pub mod tally;
 pub mod template;
 pub mod validate;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 pub use table::{LinkTable, SharedLinkTable};
+pub use tally::Tally;
 pub use template::Template;
 
 /// A link as stored and as the admin API shows it.
@@ -89,6 +91,10 @@ pub struct Link {
     /// [`NEVER`] if the link does not expire.
     expires_at_ms: i64,
     template: Template,
+    /// This version's click tally, attached by the embedded stats on its
+    /// first click (and shared with the link's other versions): see
+    /// [`tally`]. Empty in full mode.
+    tally: OnceLock<Arc<Tally>>,
     /// As stored; [`Link::status`] is 302 if it is not a redirect status.
     redirect: u16,
     code_len: u8,
@@ -124,6 +130,7 @@ impl Link {
             updated_at_ms: record.updated_at.timestamp_millis(),
             expires_at_ms: record.expires_at.map_or(NEVER, |t| t.timestamp_millis()),
             template,
+            tally: OnceLock::new(),
             redirect: record.redirect,
             code_len,
             disabled: record.disabled,
@@ -209,6 +216,12 @@ impl Link {
     pub fn is_deleted(&self) -> bool {
         self.deleted
     }
+
+    /// The link's tally, attached by `attach` on first use.
+    #[inline]
+    pub fn tally(&self, attach: impl FnOnce() -> Arc<Tally>) -> &Tally {
+        self.tally.get_or_init(attach)
+    }
 }
 
 #[cfg(test)]
@@ -269,7 +282,8 @@ mod tests {
 
     #[test]
     fn a_link_stays_small() {
-        // Plus one allocation for its code and destination.
-        assert!(std::mem::size_of::<Link>() <= 64);
+        // Plus one allocation for its code and destination (and, once
+        // clicked in embedded mode, its tally).
+        assert!(std::mem::size_of::<Link>() <= 80);
     }
 }

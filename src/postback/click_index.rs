@@ -33,8 +33,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::clicklog::{segments, Position};
-use crate::clicks::WireClick;
+use crate::clicklog::record::Record;
+use crate::clicklog::{segments, Batch, Consumer, Position};
 use crate::links::Link;
 
 /// The span of one map.
@@ -243,36 +243,70 @@ impl ClickIndex {
         dropped
     }
 
-    /// Rebuilds from the click log: every event younger than the window.
-    /// Returns how many clicks were indexed.
-    pub fn load_log(&self, data_dir: &Path, now_ms: i64) -> std::io::Result<usize> {
-        let dir = data_dir.join(segments::DIR_NAME);
-        if !dir.is_dir() {
+    /// Rebuilds from the click log in `log_dir`: every event younger than
+    /// the window. Returns how many clicks were indexed.
+    pub fn load_log(&self, log_dir: &Path, now_ms: i64) -> std::io::Result<usize> {
+        if !log_dir.is_dir() {
             return Ok(0);
         }
         let cutoff =
             std::time::SystemTime::now() - std::time::Duration::from_millis(self.window_ms as u64);
         // Segments last written before the window hold nothing we keep.
-        let first = segments::list(&dir)?.into_iter().find(|seq| {
-            std::fs::metadata(segments::segment_path(&dir, *seq))
+        let first = segments::list(log_dir)?.into_iter().find(|seq| {
+            std::fs::metadata(segments::segment_path(log_dir, *seq))
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t >= cutoff)
         });
         let Some(first) = first else { return Ok(0) };
         let before = self.len();
         segments::read_from(
-            &dir,
+            log_dir,
             Position {
                 segment: first,
                 offset: 0,
             },
-            |line, _| {
-                if let Ok(ev) = serde_json::from_slice::<WireClick<'_>>(line) {
-                    self.record(&ev.click_id, ev.ts.0, &ev.code, &ev.tenant, ev.bot, now_ms);
+            |payload, _| {
+                if let Ok(r) = Record::decode(payload) {
+                    self.record(
+                        r.click_id,
+                        r.ts_ms,
+                        r.code,
+                        r.tenant,
+                        r.bot.is_some(),
+                        now_ms,
+                    );
                 }
             },
         )?;
         Ok(self.len() - before.min(self.len()))
+    }
+}
+
+/// The click index as a click-log consumer: built from the log at start-up,
+/// then fed each written batch under one lock.
+pub struct ClickIndexFeed(pub Arc<ClickIndex>);
+
+impl Consumer for ClickIndexFeed {
+    fn recover(&mut self, log_dir: &Path, _end: Position) -> std::io::Result<()> {
+        let indexed = self.0.load_log(log_dir, crate::time::now_ms())?;
+        tracing::info!(
+            clicks = indexed,
+            "postback: click index built from the click log"
+        );
+        Ok(())
+    }
+
+    fn written(&mut self, batch: &Batch<'_>) {
+        let now_ms = crate::time::now_ms();
+        self.0.record_all(
+            batch.clicks.iter().map(|w| IndexedClick {
+                click_id: w.event.click_id.as_str(),
+                ts_ms: w.event.ts_ms,
+                link: &w.event.link,
+                bot: w.bot.is_some(),
+            }),
+            now_ms,
+        );
     }
 }
 

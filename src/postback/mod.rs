@@ -193,13 +193,8 @@ impl Postbacks {
             pc.click_index_window,
             pc.click_index_max_clicks.get(),
         ));
-        let indexed = index
-            .load_log(&config.data_dir, crate::time::now_ms())
-            .map_err(OpenError::ClickLog)?;
-        tracing::info!(
-            clicks = indexed,
-            "postback: click index built from the click log"
-        );
+        // Filled from the click log by its feed (`ClickIndexFeed`) once
+        // the log is opened, before the writer starts.
         let networks = Arc::new(NetworkTable::open(
             &config.data_dir,
             sealed::Sealer::new(master),

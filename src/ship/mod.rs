@@ -1,7 +1,9 @@
 //! The click log → Kafka shipper (full mode).
 //!
 //! The click log stays the first hop: the edge never waits for Kafka. One
-//! thread follows the log ([`Tail`]) and produces every line, as written, to
+//! thread follows the log ([`source::Source`]: the writer's batches from
+//! memory while fresh, the file after a restart or when behind), turns each
+//! binary record into the contract's JSON, and produces it to
 //! `clickedge.clicks` with an idempotent producer. Delivery reports arrive
 //! in any order across partitions; the *confirmed* position only moves past
 //! a record once it and every record before it are acknowledged. That
@@ -19,6 +21,7 @@
 //! flag and the edge applies `clicklog.overflow` (503 by default).
 
 pub mod ledger;
+pub mod source;
 pub mod topics;
 
 use std::collections::VecDeque;
@@ -34,9 +37,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use crate::clicklog::segments::{self, Position, Tail};
+use crate::clicklog::record::Record;
+use crate::clicklog::segments::{self, Position};
 use crate::config::KafkaConfig;
 use crate::telemetry;
+use source::{MemoryFeed, Source};
 
 const POSITION_FILE: &str = "ship.position";
 /// How long the shipper sleeps when it had nothing to send and no delivery
@@ -79,6 +84,8 @@ pub struct ShipperConfig {
     pub kafka: KafkaConfig,
     pub data_dir: PathBuf,
     pub client_id: String,
+    /// Written as `edge_node` into each click's JSON.
+    pub edge_node: String,
     /// How long shutdown waits for Kafka to acknowledge what is left.
     pub shutdown_grace: Duration,
 }
@@ -109,9 +116,19 @@ impl ShipperHandle {
     }
 }
 
-/// Starts the shipper thread. `backlog_full` is the click log's flag.
+/// The click-log consumer that hands the writer's batches to the shipper,
+/// and the shipper's end of it: give the first to the writer, the second
+/// to [`spawn`].
+pub fn feed(cfg: &ShipperConfig) -> (MemoryFeed, Source) {
+    let log_dir = cfg.data_dir.join(segments::DIR_NAME);
+    source::channel(&log_dir, Position::default(), source::MEMORY_BOUND_BYTES)
+}
+
+/// Starts the shipper thread, once the click log is open. `backlog_full` is
+/// the click log's flag.
 pub fn spawn(
     cfg: ShipperConfig,
+    mut source: Source,
     backlog_full: Arc<AtomicBool>,
 ) -> Result<ShipperHandle, ShipError> {
     let log_dir = cfg.data_dir.join(segments::DIR_NAME);
@@ -128,11 +145,13 @@ pub fn spawn(
         );
     }
     tracing::info!(from = ?confirmed, "ship: resuming from the confirmed position");
+    source.rewind(confirmed);
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(ShipStatus::default());
     let mut shipper = Shipper {
         log_dir: cfg.data_dir.join(segments::DIR_NAME),
-        tail: Tail::new(&cfg.data_dir.join(segments::DIR_NAME), confirmed),
+        source,
+        scratch: Vec::with_capacity(2048),
         inflight: Inflight::new(confirmed),
         saved: confirmed,
         rewinding: false,
@@ -195,6 +214,22 @@ impl Inflight {
         no
     }
 
+    /// A record that is not sent (unreadable): it counts as delivered, so
+    /// the confirmed position moves past it in order.
+    fn push_skipped(&mut self, end: Position) {
+        self.queue.push_back((end, Delivery::Acked));
+        self.next_no += 1;
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while let Some(&(end, Delivery::Acked)) = self.queue.front() {
+            self.queue.pop_front();
+            self.first_no += 1;
+            self.confirmed = end;
+        }
+    }
+
     /// Applies a delivery report. Reports from before a [`reset`] are
     /// ignored.
     fn delivered(&mut self, no: usize, ok: bool) {
@@ -214,11 +249,7 @@ impl Inflight {
         };
         self.unresolved -= 1;
         self.failed |= !ok;
-        while let Some(&(end, Delivery::Acked)) = self.queue.front() {
-            self.queue.pop_front();
-            self.first_no += 1;
-            self.confirmed = end;
-        }
+        self.advance();
     }
 
     /// Records sent and not yet confirmed.
@@ -296,7 +327,9 @@ fn producer_config(k: &KafkaConfig, client_id: &str) -> ClientConfig {
 struct Shipper {
     cfg: ShipperConfig,
     log_dir: PathBuf,
-    tail: Tail,
+    source: Source,
+    /// The JSON of the record being sent.
+    scratch: Vec<u8>,
     inflight: Inflight,
     saved: Position,
     /// A delivery failed: send nothing until in-flight records resolve.
@@ -370,7 +403,7 @@ impl Shipper {
             }
             if self.rewinding && self.inflight.unresolved == 0 {
                 self.inflight.reset();
-                self.tail = Tail::new(&self.log_dir, self.inflight.confirmed);
+                self.source.rewind(self.inflight.confirmed);
                 self.rewinding = false;
                 // A record that keeps failing must not turn into a storm
                 // of re-sends.
@@ -429,7 +462,7 @@ impl Shipper {
         })
     }
 
-    /// Produces up to one read batch of lines; returns how many were sent.
+    /// Produces up to one read batch of records; returns how many were sent.
     fn send_from_log(&mut self, p: &ClickProducer) -> usize {
         let room = (self.cfg.kafka.queue_max_messages as usize)
             .saturating_sub(self.inflight.len())
@@ -440,11 +473,27 @@ impl Shipper {
         let mut sent = 0;
         let mut refused = None;
         let inflight = &mut self.inflight;
-        let read = self.tail.read(room, |line, end| {
+        let (scratch, edge_node) = (&mut self.scratch, &self.cfg.edge_node);
+        let mut unreadable = 0u64;
+        let (memory_before, file_before) =
+            (self.source.taken_from_memory, self.source.taken_from_file);
+        let read = self.source.read(room, |payload, end| {
+            scratch.clear();
+            match Record::decode(payload) {
+                Ok(r) => r.write_json(edge_node, scratch),
+                Err(e) => {
+                    // Framed and checksummed, yet not a record this build
+                    // reads (written by a newer version): skip it, loudly.
+                    unreadable += 1;
+                    tracing::error!(error = %e, at = ?end, "ship: skipping an unreadable click-log record");
+                    inflight.push_skipped(end);
+                    return true;
+                }
+            }
             let no = inflight.next_no;
-            let record =
-                BaseRecord::<(), [u8], usize>::with_opaque_to(topics::CLICKS, no).payload(line);
-            // Refused: the tail stays before this line and reads it again.
+            let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topics::CLICKS, no)
+                .payload(&scratch[..]);
+            // Refused: the source stays before this record and reads it again.
             match p.send(record) {
                 Ok(()) => {
                     inflight.push(end);
@@ -478,6 +527,11 @@ impl Shipper {
             std::thread::sleep(RETRY_PAUSE);
         }
         telemetry::ship_sent(sent as u64);
+        telemetry::ship_read(
+            self.source.taken_from_memory - memory_before,
+            self.source.taken_from_file - file_before,
+        );
+        let _ = unreadable;
         sent
     }
 
@@ -501,10 +555,10 @@ impl Shipper {
                 tracing::info!(backlog, "ship: backlog back under its bound");
             }
         }
-        let oldest_age = segments::line_at(&self.log_dir, self.inflight.confirmed)
+        let oldest_age = segments::record_at(&self.log_dir, self.inflight.confirmed)
             .ok()
             .flatten()
-            .and_then(|line| event_ts_ms(&line))
+            .and_then(|payload| Record::decode(&payload).ok().map(|r| r.ts_ms))
             .map(|ts| (crate::time::now_ms() - ts).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
         telemetry::ship_backlog(backlog, self.inflight.len(), oldest_age, over);
@@ -580,25 +634,35 @@ fn clamp_to_log(log_dir: &Path, at: Position) -> std::io::Result<Position> {
 /// librdkafka's in-memory bound besides the record count (256 MiB).
 const QUEUE_MAX_KBYTES: u32 = 256 * 1024;
 
-/// The event time of a click-log line.
-fn event_ts_ms(line: &[u8]) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Ts<'a> {
-        #[serde(borrow)]
-        ts: &'a str,
-    }
-    let ts: Ts = serde_json::from_slice(line).ok()?;
-    chrono::DateTime::parse_from_rfc3339(ts.ts)
-        .ok()
-        .map(|t| t.timestamp_millis())
+/// The confirmed position as saved, with the click log's format: a
+/// position saved by a version that wrote JSON lines (no format) points
+/// into a segment since converted, so the shipper resumes at that
+/// segment's start (re-sends it; ClickHouse drops the duplicates).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedPosition {
+    #[serde(flatten)]
+    at: Position,
+    #[serde(default)]
+    format: u8,
 }
 
 fn load_position(data_dir: &Path) -> Result<Position, ShipError> {
-    load_json(&data_dir.join(POSITION_FILE))
+    let saved: SavedPosition = load_json(&data_dir.join(POSITION_FILE))?;
+    if saved.format == crate::clicklog::record::FORMAT {
+        return Ok(saved.at);
+    }
+    Ok(Position {
+        segment: saved.at.segment,
+        offset: 0,
+    })
 }
 
 fn store_position(data_dir: &Path, at: Position) -> std::io::Result<()> {
-    store_json(&data_dir.join(POSITION_FILE), &at)
+    let saved = SavedPosition {
+        at,
+        format: crate::clicklog::record::FORMAT,
+    };
+    store_json(&data_dir.join(POSITION_FILE), &saved)
 }
 
 /// A saved position, or the default when none was saved yet.
@@ -670,6 +734,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(segments::segment_path(dir.path(), 3), b"a\nb\n").unwrap();
         std::fs::write(segments::segment_path(dir.path(), 4), b"c\n").unwrap();
+        // (clamping looks at file lengths only, whatever the bytes)
         let at = |segment, offset| Position { segment, offset };
         // Inside the log: kept.
         assert_eq!(clamp_to_log(dir.path(), at(3, 2)).unwrap(), at(3, 2));
@@ -691,16 +756,17 @@ mod tests {
     /// What the model test can do to the log, the shipper and the broker.
     #[derive(Debug, Clone)]
     enum Step {
-        /// The writer appends this many lines (rotating when the segment
-        /// is over 64 bytes, as `rotate_if_full` does).
+        /// The writer appends a batch of this many records (rotating when
+        /// the segment is over 64 bytes, as `rotate_if_full` does), and
+        /// hands it to the memory feed.
         Write(u8),
-        /// The shipper reads and sends up to this many lines.
+        /// The shipper reads and sends up to this many records.
         Send(u8),
         /// The broker reports on the in-flight record at this index.
         Report { index: u8, ok: bool },
         /// Housekeeping: trim what is confirmed.
         Trim,
-        /// The process restarts from the confirmed position.
+        /// The process restarts from the confirmed position (memory lost).
         Restart,
     }
 
@@ -715,21 +781,26 @@ mod tests {
         ]
     }
 
+    use crate::clicklog::{Batch, Consumer};
     use proptest::prelude::*;
 
     proptest! {
         /// The shipper's bookkeeping, against a model: whatever the order
         /// of writes, rotations, sends, acknowledgements, failures, trims
-        /// and restarts, once the broker acknowledges everything, every
-        /// line written has been delivered at least once, and nothing was
-        /// delivered that was not written.
+        /// and restarts, and whichever batches the memory feed keeps (its
+        /// bound in bytes is drawn too), once the broker acknowledges
+        /// everything, every record written has been delivered at least
+        /// once, and nothing was delivered that was not written.
         #[test]
-        fn no_written_line_is_lost(steps in prop::collection::vec(step(), 1..120)) {
-            check_no_loss(steps);
+        fn no_written_record_is_lost(
+            steps in prop::collection::vec(step(), 1..120),
+            memory_bound in 0usize..200,
+        ) {
+            check_no_loss(steps, memory_bound);
         }
     }
 
-    fn check_no_loss(steps: Vec<Step>) {
+    fn check_no_loss(steps: Vec<Step>, memory_bound: usize) {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path();
         let mut seq = 1u64;
@@ -737,59 +808,78 @@ mod tests {
         let mut delivered: std::collections::HashSet<String> = Default::default();
         let mut inflight = Inflight::new(Position::default());
         let mut sent: Vec<(usize, String)> = Vec::new();
-        let mut tail = Tail::new(log, Position::default());
+        let (mut feed, mut source) = source::channel(log, Position::default(), memory_bound);
+        let mut last_end = Position {
+            segment: 1,
+            offset: 0,
+        };
         let mut trimmed_to = 0u64;
-        let ship = |tail: &mut Tail,
+        let ship = |source: &mut Source,
                     inflight: &mut Inflight,
                     sent: &mut Vec<(usize, String)>,
                     n: usize| {
-            tail.read(n, |line, end| {
-                let no = inflight.push(end);
-                sent.push((no, String::from_utf8(line.to_vec()).unwrap()));
-                true
-            })
-            .unwrap();
+            source
+                .read(n, |payload, end| {
+                    let no = inflight.push(end);
+                    sent.push((no, String::from_utf8(payload.to_vec()).unwrap()));
+                    true
+                })
+                .unwrap();
         };
         let mut report = |inflight: &mut Inflight,
                           sent: &mut Vec<(usize, String)>,
-                          tail: &mut Tail,
+                          source: &mut Source,
                           i: usize,
                           ok: bool| {
             if sent.is_empty() {
                 return;
             }
-            let (no, line) = sent.remove(i % sent.len());
+            let (no, record) = sent.remove(i % sent.len());
             if ok {
-                delivered.insert(line);
+                delivered.insert(record);
             }
             inflight.delivered(no, ok);
             // The shipper's rewind: once every report is in.
             if inflight.failed && inflight.unresolved == 0 {
                 inflight.reset();
-                *tail = Tail::new(log, inflight.confirmed);
+                source.rewind(inflight.confirmed);
             }
         };
         for s in steps {
             match s {
                 Step::Write(n) => {
+                    let path = segments::segment_path(log, seq);
+                    let start = Position {
+                        segment: seq,
+                        offset: std::fs::metadata(&path).map_or(0, |m| m.len()),
+                    };
+                    let mut bytes = Vec::new();
                     for _ in 0..n {
-                        let line = format!("click-{}", written.len());
-                        let path = segments::segment_path(log, seq);
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&path)
-                            .unwrap();
-                        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
-                        written.push(line);
-                        if std::fs::metadata(&path).unwrap().len() > 64 {
-                            seq += 1;
-                        }
+                        let record = format!("click-{}", written.len());
+                        segments::frame(record.as_bytes(), &mut bytes);
+                        written.push(record);
+                    }
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    std::io::Write::write_all(&mut f, &bytes).unwrap();
+                    let batch = Batch {
+                        clicks: &[],
+                        bytes: &bytes,
+                        start,
+                        follows: last_end,
+                    };
+                    feed.written(&batch);
+                    last_end = batch.end();
+                    if std::fs::metadata(&path).unwrap().len() > 64 {
+                        seq += 1;
                     }
                 }
-                Step::Send(n) => ship(&mut tail, &mut inflight, &mut sent, n as usize),
+                Step::Send(n) => ship(&mut source, &mut inflight, &mut sent, n as usize),
                 Step::Report { index, ok } => {
-                    report(&mut inflight, &mut sent, &mut tail, index as usize, ok)
+                    report(&mut inflight, &mut sent, &mut source, index as usize, ok)
                 }
                 Step::Trim => {
                     for old in segments::list(log)
@@ -802,22 +892,23 @@ mod tests {
                     }
                 }
                 Step::Restart => {
-                    // In-flight records are gone with the process; the
-                    // saved (confirmed) position is what survives.
+                    // In-flight records and memory are gone with the
+                    // process; the saved (confirmed) position survives.
                     let at = clamp_to_log(log, inflight.confirmed).unwrap();
                     inflight = Inflight::new(at);
                     sent.clear();
-                    tail = Tail::new(log, at);
+                    (feed, source) = source::channel(log, Position::default(), memory_bound);
+                    source.rewind(at);
                 }
             }
         }
         // Drain: the broker acknowledges everything from now on.
         for _ in 0..10_000 {
-            ship(&mut tail, &mut inflight, &mut sent, 1000);
+            ship(&mut source, &mut inflight, &mut sent, 1000);
             while !sent.is_empty() {
-                report(&mut inflight, &mut sent, &mut tail, 0, true);
+                report(&mut inflight, &mut sent, &mut source, 0, true);
             }
-            if tail.read(1, |_, _| false).unwrap() == 0
+            if source.read(1, |_, _| false).unwrap() == 0
                 && inflight.len() == 0
                 && segments::bytes_after(log, inflight.confirmed).unwrap() == 0
             {
@@ -836,8 +927,56 @@ mod tests {
     }
 
     #[test]
-    fn event_time_is_read_from_the_line() {
-        let line = br#"{"v":1,"click_id":"x","ts":"2026-01-02T03:04:05.678Z"}"#;
-        assert_eq!(event_ts_ms(line), Some(1_767_323_045_678));
+    fn fresh_batches_are_shipped_from_memory_and_a_dropped_one_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut feed, mut source) = source::channel(dir.path(), Position::default(), 20);
+        source.rewind(Position {
+            segment: 1,
+            offset: 0,
+        });
+        let mut at = Position {
+            segment: 1,
+            offset: 0,
+        };
+        let mut write = |word: &str| {
+            let mut bytes = Vec::new();
+            segments::frame(word.as_bytes(), &mut bytes);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segments::segment_path(dir.path(), 1))
+                .unwrap();
+            std::io::Write::write_all(&mut f, &bytes).unwrap();
+            let batch = Batch {
+                clicks: &[],
+                bytes: &bytes,
+                start: at,
+                follows: at,
+            };
+            feed.written(&batch);
+            at = batch.end();
+        };
+        let read = |source: &mut Source| {
+            let mut got = Vec::new();
+            source
+                .read(100, |p, _| {
+                    got.push(String::from_utf8(p.to_vec()).unwrap());
+                    true
+                })
+                .unwrap();
+            got
+        };
+        write("one");
+        assert_eq!(read(&mut source), ["one"]);
+        assert_eq!(source.taken_from_memory, 1, "a fresh batch, from memory");
+        // Twelve bytes fit the bound of 20; a second batch while the first
+        // is still held does not, and must come from the file.
+        write("two");
+        write("three");
+        assert_eq!(read(&mut source), ["two", "three"]);
+        assert_eq!((source.taken_from_memory, source.taken_from_file), (2, 1));
+        write("four");
+        assert_eq!(read(&mut source), ["four"]);
+        assert_eq!(source.taken_from_memory, 3, "back on memory once caught up");
     }
 }

@@ -265,23 +265,28 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
-/// Every event in a data dir's click log, in order.
+/// Every event in a data dir's click log, in order, as `clickedge log tail
+/// --all` prints it (the log on disk is binary).
 pub fn click_log_lines(data_dir: &Path) -> Vec<serde_json::Value> {
-    let dir = data_dir.join("clicklog");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str(l).expect("click log lines are JSON"))
-                .collect::<Vec<_>>()
-        })
+    if !data_dir.join("clicklog").is_dir() {
+        return Vec::new();
+    }
+    let out = Command::new(BIN)
+        .args(["log", "tail", "--all"])
+        .env_clear()
+        .env("CLICKEDGE_DATA_DIR", data_dir)
+        .env("CLICKEDGE_EDGE__NODE_ID", "test-node")
+        .output()
+        .expect("clickedge log tail runs");
+    assert!(
+        out.status.success(),
+        "clickedge log tail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log tail prints JSON lines"))
         .collect()
 }
 

@@ -1,0 +1,105 @@
+//! A link's click tally: the per-link cell embedded stats count into.
+//!
+//! It lives with the link ([`super::Link::tally`]) so that counting a click
+//! looks nothing up: the click carries its `Arc<Link>`, and the link points
+//! at its tally. Only the click-log writer's thread adds to it; stats
+//! queries and checkpoints read it. The lock is therefore never contended
+//! except by a query or a checkpoint of that one link, and it is needed at
+//! all only for the visitor sets, which no atomic can hold.
+//!
+//! This module only holds the numbers; `crate::stats` fills, reads, saves
+//! and restores them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+/// foldhash rather than SipHash for the visitor sets: the writer inserts
+/// into one for every human click, and the keys are salted hashes, not the
+/// client's to choose.
+pub type Fast = foldhash::fast::RandomState;
+
+/// One hour of one link.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Bucket {
+    pub clicks: u64,
+    pub bots: u64,
+    pub visitors: HashSet<u64, Fast>,
+}
+
+/// Hourly buckets in hour order. A sorted `Vec` rather than a `BTreeMap`:
+/// most links have few buckets, and a B-tree leaf reserves room for eleven
+/// (about 1 KB per clicked link). Serialised as a map.
+#[derive(Debug, Default, Clone)]
+pub struct Hours(pub Vec<(i64, Bucket)>);
+
+impl Hours {
+    pub fn entry(&mut self, hour: i64) -> &mut Bucket {
+        // Clicks arrive in time order, so the last bucket is the usual hit.
+        let at = if self.0.last().is_some_and(|(h, _)| *h == hour) {
+            self.0.len() - 1
+        } else {
+            let at = self.0.partition_point(|(h, _)| *h < hour);
+            if self.0.get(at).is_none_or(|(h, _)| *h != hour) {
+                self.0.insert(at, (hour, Bucket::default()));
+            }
+            at
+        };
+        &mut self.0[at].1
+    }
+
+    /// Buckets of hours in `[lo, hi)`.
+    pub fn range(&self, lo: i64, hi: i64) -> &[(i64, Bucket)] {
+        let start = self.0.partition_point(|(h, _)| *h < lo);
+        let end = self.0.partition_point(|(h, _)| *h < hi).max(start);
+        &self.0[start..end]
+    }
+
+    pub fn drop_before(&mut self, hour: i64) {
+        let end = self.0.partition_point(|(h, _)| *h < hour);
+        self.0.drain(..end);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Hours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(h, b)| (h, b)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<i64, Bucket>::deserialize(d)?;
+        Ok(Hours(map.into_iter().collect()))
+    }
+}
+
+/// What a tally holds: the hours, and how far into the click log they
+/// count (the log position after the last click added, as
+/// `(segment, offset)`): a checkpoint saves both, so a replay after it adds
+/// exactly the clicks this link's saved hours lack.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Counts {
+    pub hours: Hours,
+    #[serde(default)]
+    pub counted_to: (u64, u64),
+}
+
+#[derive(Debug, Default)]
+pub struct Tally(Mutex<Counts>);
+
+impl Tally {
+    pub fn new(counts: Counts) -> Tally {
+        Tally(Mutex::new(counts))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Counts> {
+        // A panic while counting leaves numbers, not broken invariants.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
