@@ -10,7 +10,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::clicklog::Recorded;
 use crate::config::{LogConfig, LogFormat, OverflowPolicy};
 
 pub const HTTP_REQUESTS: &str = "clickedge_http_requests_total";
@@ -315,12 +314,8 @@ pub fn link_table_swapped(len: usize) {
     gauge!(LINK_TABLE_SIZE).set(len as f64);
 }
 
-pub fn clicklog_overflow(policy: OverflowPolicy, outcome: Recorded) {
-    let outcome = match outcome {
-        Recorded::Queued => "waited",
-        Recorded::Dropped => "dropped",
-        Recorded::Refused => "refused",
-    };
+/// `outcome`: `waited` (queued after a wait), `dropped` or `refused`.
+pub fn clicklog_overflow(policy: OverflowPolicy, outcome: &'static str) {
     counter!(CLICKLOG_OVERFLOW, "policy" => policy.as_str(), "outcome" => outcome).increment(1);
     // One line per power of two, not per event: an overload must not also
     // flood the logs.
@@ -583,21 +578,22 @@ pub fn pipeline_zero(sink: bool) {
 /// One counter per postback outcome for one network, registered when the
 /// network is loaded (labels: the registered name, never request input).
 #[derive(Clone)]
-pub struct PostbackCounters([Counter; 8]);
+/// Indexed like the `outcomes` names it was registered with (the postback
+/// module's outcomes, in their order).
+pub struct PostbackCounters<const N: usize>([Counter; N]);
 
-impl PostbackCounters {
-    pub fn register(network: &str) -> PostbackCounters {
+impl<const N: usize> PostbackCounters<N> {
+    pub fn register(network: &str, outcomes: [&'static str; N]) -> PostbackCounters<N> {
         PostbackCounters(
-            crate::postback::Outcome::ALL.map(
-                |o| counter!(POSTBACKS, "network" => network.to_owned(), "outcome" => o.as_str()),
-            ),
+            outcomes.map(|o| counter!(POSTBACKS, "network" => network.to_owned(), "outcome" => o)),
         )
     }
 
-    pub fn get(&self, outcome: crate::postback::Outcome) -> &Counter {
-        &self.0[outcome as usize]
+    pub fn get(&self, index: usize) -> &Counter {
+        &self.0[index]
     }
 }
+
 
 /// Handles for the postback endpoint, registered once.
 pub struct PostbackMetrics {

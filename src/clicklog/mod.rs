@@ -157,7 +157,12 @@ impl ClickLog {
             OverflowPolicy::Shed => Recorded::Refused,
             OverflowPolicy::Backpressure => self.wait_for_room(event).await,
         };
-        telemetry::clicklog_overflow(self.policy, outcome);
+        let label = match outcome {
+            Recorded::Queued => "waited",
+            Recorded::Dropped => "dropped",
+            Recorded::Refused => "refused",
+        };
+        telemetry::clicklog_overflow(self.policy, label);
         outcome
     }
 

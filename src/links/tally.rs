@@ -7,7 +7,7 @@
 //! except by a query or a checkpoint of that one link, and it is needed at
 //! all only for the visitor sets, which no atomic can hold.
 //!
-//! This module only holds the numbers; `crate::stats` fills, reads, saves
+//! This module only holds the numbers; the `stats` module fills, reads, saves
 //! and restores them.
 
 use std::collections::{BTreeMap, HashSet};

@@ -15,7 +15,7 @@
 //!
 //! Full mode (`full.rs`): matching asks ClickHouse for clicks this node has
 //! not seen ([`ClickLookup`]), each node's ledger file is shipped to
-//! `clickedge.conversions` (`crate::ship::ledger`) and loaded by the sink,
+//! `clickedge.conversions` (the ship module's ledger shipper) and loaded by the sink,
 //! and reconciliation reads ClickHouse, where every node's records meet.
 //! Ledger records are the `"v":1` JSON event that topic carries.
 //!

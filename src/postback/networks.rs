@@ -406,7 +406,7 @@ pub struct Network {
     previous: Option<(Zeroizing<Vec<u8>>, i64)>,
     /// blake3 of the token: compared in constant time whatever the length.
     token_hash: [u8; 32],
-    pub counters: PostbackCounters,
+    pub counters: PostbackCounters<{ super::Outcome::ALL.len() }>,
 }
 
 impl Network {
@@ -446,7 +446,7 @@ impl Network {
             secret,
             previous,
             token_hash: *blake3::hash(&token).as_bytes(),
-            counters: PostbackCounters::register(&rec.name),
+            counters: PostbackCounters::register(&rec.name, super::Outcome::ALL.map(|o| o.as_str())),
         })
     }
 
@@ -480,7 +480,7 @@ impl Network {
     }
 
     pub fn count(&self, outcome: Outcome) {
-        self.counters.get(outcome).increment(1);
+        self.counters.get(outcome as usize).increment(1);
     }
 }
 
