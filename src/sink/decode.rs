@@ -10,7 +10,7 @@ use crate::clicks::{WireClick, EVENT_VERSION};
 use crate::postback::ledger::LedgerRecord;
 use crate::ship::topics;
 use crate::warehouse::conversions::ConversionRow;
-use crate::warehouse::ClickRow;
+use crate::warehouse::{ClickRow, ClickRows};
 
 /// Longest payload kept in `dead_letters` (the rest is cut).
 const MAX_DEAD_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -19,7 +19,8 @@ const MAX_ID_BYTES: usize = 64;
 
 #[derive(Debug)]
 pub enum Decoded {
-    Click(Box<ClickRow>),
+    /// Added to the batch's click rows.
+    Click,
     Conversion(Box<ConversionRow>),
     Poison(Poison),
 }
@@ -49,18 +50,18 @@ impl Poison {
 }
 
 /// Decodes a record of `topic`: conversions from their topic, clicks from
-/// any other.
-pub fn record(topic: &str, payload: &[u8]) -> Decoded {
+/// any other (a click goes straight into `clicks`).
+pub fn record(topic: &str, payload: &[u8], clicks: &mut ClickRows) -> Decoded {
     if topic == topics::CONVERSIONS {
         conversion(payload)
     } else {
-        click(payload)
+        click(payload, clicks)
     }
 }
 
-pub fn click(payload: &[u8]) -> Decoded {
-    match parse_click(payload) {
-        Ok(row) => Decoded::Click(Box::new(row)),
+pub fn click(payload: &[u8], clicks: &mut ClickRows) -> Decoded {
+    match parse_click(payload, clicks) {
+        Ok(()) => Decoded::Click,
         Err(p) => Decoded::Poison(p),
     }
 }
@@ -97,7 +98,7 @@ fn parse_json<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Poison> {
     }
 }
 
-fn parse_click(payload: &[u8]) -> Result<ClickRow, Poison> {
+fn parse_click(payload: &[u8], clicks: &mut ClickRows) -> Result<(), Poison> {
     let ev: WireClick = parse_json(payload)?;
     if ev.v != EVENT_VERSION {
         return Err(Poison::Version(ev.v.to_string()));
@@ -109,22 +110,23 @@ fn parse_click(payload: &[u8]) -> Result<ClickRow, Poison> {
         .ok()
         .filter(|ms| *ms / 1000 <= u64::from(u32::MAX))
         .ok_or_else(|| Poison::Invalid("ts out of range".into()))?;
-    Ok(ClickRow {
-        click_id: ev.click_id.into_owned(),
+    clicks.push(&ClickRow {
+        click_id: &ev.click_id,
         ts: (ts_ms / 1000) as u32,
         ts_ms,
-        tenant: ev.tenant.into_owned(),
-        code: ev.code.into_owned(),
-        destination: ev.destination.into_owned(),
-        ip_hash: ev.ip_hash.into_owned(),
-        user_agent: ev.user_agent.into_owned(),
-        referer: ev.referer.into_owned(),
-        sub: ev.sub.into_owned(),
+        tenant: &ev.tenant,
+        code: &ev.code,
+        destination: &ev.destination,
+        ip_hash: &ev.ip_hash,
+        user_agent: &ev.user_agent,
+        referer: &ev.referer,
+        sub: &ev.sub,
         bot: u8::from(ev.bot),
-        bot_reason: ev.bot_reason.map(|r| r.into_owned()).unwrap_or_default(),
-        edge_node: ev.edge_node.into_owned(),
+        bot_reason: ev.bot_reason.as_deref().unwrap_or_default(),
+        edge_node: &ev.edge_node,
         salt_epoch: ev.salt_epoch,
-    })
+    });
+    Ok(())
 }
 
 fn field(name: &str, value: &str, max: usize) -> Result<(), Poison> {
@@ -189,13 +191,17 @@ mod tests {
 
     #[test]
     fn a_v1_click_becomes_a_row() {
-        let Decoded::Click(row) = click(GOOD.as_bytes()) else {
+        let mut rows = ClickRows::default();
+        let Decoded::Click = click(GOOD.as_bytes(), &mut rows) else {
             panic!("not decoded")
         };
+        let row = rows.iter().next().unwrap();
         assert_eq!(row.ts_ms, 1_772_600_767_089);
         assert_eq!(row.ts, 1_772_600_767);
-        assert_eq!((row.bot, row.bot_reason.as_str()), (1, "crawler"));
+        assert_eq!((row.bot, row.bot_reason), (1, "crawler"));
         assert_eq!(row.salt_epoch, 7);
+        assert_eq!((row.tenant, row.code, row.sub), ("acme", "spring", "s1"));
+        assert_eq!(rows.len(), 1);
     }
 
     #[test]

@@ -16,7 +16,6 @@
 
 pub mod decode;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ use crate::server::{self, Body, HttpLimits};
 use crate::ship::topics;
 use crate::telemetry;
 use crate::warehouse::conversions::{ConversionRow, CONVERSIONS_TABLE};
-use crate::warehouse::{self, ClickRow, DeadLetterRow};
+use crate::warehouse::{self, ClickRows, DeadLetterRow};
 use decode::Decoded;
 
 /// First pause after a failed insert; doubles up to `MAX_BACKOFF`.
@@ -303,11 +302,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Rows gathered since the last commit, and the offsets they cover.
 #[derive(Default)]
 struct Batch {
-    clicks: Vec<ClickRow>,
+    clicks: ClickRows,
     conversions: Vec<ConversionRow>,
     dead: Vec<DeadLetterRow>,
-    /// Highest offset seen per (topic, partition).
-    offsets: BTreeMap<(String, i32), i64>,
+    /// Highest offset seen per (topic, partition): a short list (a few
+    /// partitions), searched without allocating a key per record.
+    offsets: Vec<(String, i32, i64)>,
     bytes: usize,
     first_at: Option<Instant>,
 }
@@ -315,8 +315,8 @@ struct Batch {
 impl Batch {
     fn add(&mut self, m: &impl Message) {
         let payload = m.payload().unwrap_or_default();
-        match decode::record(m.topic(), payload) {
-            Decoded::Click(row) => self.clicks.push(*row),
+        match decode::record(m.topic(), payload, &mut self.clicks) {
+            Decoded::Click => {}
             Decoded::Conversion(row) => self.conversions.push(*row),
             Decoded::Poison(reason) => {
                 telemetry::sink_dead_letter(reason.label());
@@ -332,11 +332,15 @@ impl Batch {
         }
         self.bytes += payload.len();
         self.first_at.get_or_insert_with(Instant::now);
-        let at = self
+        let (topic, partition) = (m.topic(), m.partition());
+        match self
             .offsets
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert(m.offset());
-        *at = (*at).max(m.offset());
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, at)) => *at = (*at).max(m.offset()),
+            None => self.offsets.push((topic.to_owned(), partition, m.offset())),
+        }
     }
 
     fn rows(&self) -> usize {
@@ -397,7 +401,7 @@ async fn insert_batch(
 ) -> Result<(), warehouse::WarehouseError> {
     if !batch.clicks.is_empty() {
         let started = Instant::now();
-        warehouse::insert(ch, warehouse::CLICKS_TABLE, &batch.clicks).await?;
+        warehouse::insert_clicks(ch, warehouse::CLICKS_TABLE, &batch.clicks).await?;
         telemetry::sink_inserted("clicks", batch.clicks.len(), started.elapsed());
         let started = Instant::now();
         warehouse::insert_click_ids(ch, &batch.clicks).await?;
@@ -420,7 +424,7 @@ async fn insert_batch(
 /// partition) only means the rows are loaded again, and de-duplicated.
 fn commit(consumer: &StreamConsumer<SinkContext>, batch: &Batch) {
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in &batch.offsets {
+    for (topic, partition, offset) in &batch.offsets {
         if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
             tracing::warn!(error = %e, "sink: bad offset");
         }
