@@ -594,7 +594,6 @@ impl<const N: usize> PostbackCounters<N> {
     }
 }
 
-
 /// Handles for the postback endpoint, registered once.
 pub struct PostbackMetrics {
     pub verify: Histogram,

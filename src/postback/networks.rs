@@ -446,7 +446,10 @@ impl Network {
             secret,
             previous,
             token_hash: *blake3::hash(&token).as_bytes(),
-            counters: PostbackCounters::register(&rec.name, super::Outcome::ALL.map(|o| o.as_str())),
+            counters: PostbackCounters::register(
+                &rec.name,
+                super::Outcome::ALL.map(|o| o.as_str()),
+            ),
         })
     }
 

@@ -215,14 +215,14 @@ mod tests {
             ("[1,2]", "invalid"),
         ];
         for (payload, label) in cases {
-            match click(payload.as_bytes()) {
+            match click(payload.as_bytes(), &mut ClickRows::default()) {
                 Decoded::Poison(p) => assert_eq!(p.label(), *label, "{payload}"),
                 other => panic!("{payload} decoded: {other:?}"),
             }
         }
         let no_id = GOOD.replace("06h0000000000000000000000000000a", "");
         assert!(matches!(
-            click(no_id.as_bytes()),
+            click(no_id.as_bytes(), &mut ClickRows::default()),
             Decoded::Poison(Poison::Invalid(_))
         ));
     }
@@ -231,7 +231,11 @@ mod tests {
 
     #[test]
     fn a_ledger_record_on_the_conversions_topic_becomes_a_row() {
-        let Decoded::Conversion(row) = record(topics::CONVERSIONS, LEDGER.as_bytes()) else {
+        let Decoded::Conversion(row) = record(
+            topics::CONVERSIONS,
+            LEDGER.as_bytes(),
+            &mut ClickRows::default(),
+        ) else {
             panic!("not decoded")
         };
         assert_eq!(row.id, "0123456789abcdef0123456789abcdef");
@@ -253,7 +257,7 @@ mod tests {
         );
         // The same bytes on the clicks topic are not a click.
         assert!(matches!(
-            record(topics::CLICKS, LEDGER.as_bytes()),
+            record(topics::CLICKS, LEDGER.as_bytes(), &mut ClickRows::default()),
             Decoded::Poison(_)
         ));
     }
@@ -302,7 +306,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_bytes_decode_or_are_dead_lettered(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = click(&bytes);
+            let _ = click(&bytes, &mut ClickRows::default());
             let _ = conversion(&bytes);
         }
     }
