@@ -131,7 +131,7 @@ fn describe_and_zero() {
     describe_histogram!(
         STATS_SNAPSHOT,
         Unit::Seconds,
-        "Time the click-log writer stopped to take one embedded-stats checkpoint (clicks wait meanwhile; the checkpoint is then written on a low-priority thread)."
+        "Time one embedded-stats checkpoint took to write, on its low-priority thread (the writer goes on counting meanwhile)."
     );
     describe_counter!(CLICKLOG_OVERFLOW, "Clicks that met a full click-log queue, by policy and outcome (waited, refused = 503, dropped = redirected without an event).");
     describe_counter!(
