@@ -103,7 +103,7 @@ impl StatsIndex {
     #[inline]
     pub fn count(&self, link: &Link, ts_ms: i64, bot: bool, visitor: u64, at: Position) {
         let tally = link.tally(|| self.tally_of(link.code()));
-        add(tally, ts_ms, bot, visitor, raw(at));
+        add(&tally, ts_ms, bot, visitor, raw(at));
     }
 
     /// Counts one click known by its code only (tests, replay).

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::links::{Link, LinkRecord, LinkTable, SharedLinkTable};
+use crate::links::{Link, LinkRecord, LinkTable, Owner, SharedLinkTable};
 use crate::tokens::TokenRecord;
 
 const STORE_FILE: &str = "store.log";
@@ -92,8 +92,8 @@ struct Inner {
 }
 
 struct Tenant {
-    /// The name the tenant's links share.
-    name: Arc<String>,
+    /// The owner the tenant's untagged links share.
+    owner: Arc<Owner>,
     live: BTreeSet<ByCode>,
 }
 
@@ -452,12 +452,12 @@ impl Inner {
                         .by_tenant
                         .entry(rec.tenant.clone())
                         .or_insert_with(|| Tenant {
-                            name: Arc::new(rec.tenant.clone()),
+                            owner: Owner::tenant(rec.tenant.clone()),
                             live: BTreeSet::new(),
                         }),
                 };
                 // Links of one tenant share its name.
-                let link = Arc::new(Link::compile_for(rec, tenant.name.clone()));
+                let link = Arc::new(Link::compile_for(rec, &tenant.owner));
                 if !link.is_deleted() {
                     tenant.live.insert(ByCode(link.clone()));
                 }
