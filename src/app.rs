@@ -377,12 +377,25 @@ async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationTo
 
 /// Steps the IP-hash salt at epoch boundaries and forgets old salts.
 async fn tick_salts(salts: Arc<SaltRatchet>, shutdown: CancellationToken) {
+    let report = |salts: &SaltRatchet, failed| {
+        crate::telemetry::salt_state(
+            salts.epoch_start_ms() / 1000,
+            salts.rotation_ms() / 1000,
+            failed,
+        )
+    };
+    report(&salts, false);
     let mut ticker = crate::time::Ticker::new(SALT_TICK, shutdown);
     while ticker.tick().await {
-        let salts = salts.clone();
+        let ratchet = salts.clone();
         let now = crate::time::now_ms() as u64;
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || salts.tick(now)).await {
-            tracing::error!(error = %e, "privacy: cannot persist the salt step");
-        }
+        let failed = match tokio::task::spawn_blocking(move || ratchet.tick(now)).await {
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "privacy: cannot persist the salt step");
+                true
+            }
+            _ => false,
+        };
+        report(&salts, failed);
     }
 }
