@@ -247,6 +247,7 @@ pub async fn serve(
         default_redirect: config.links.default_redirect,
         max_body_bytes: config.admin.max_body_bytes,
         request_timeout: config.admin.request_timeout,
+        console_sessions: Default::default(),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;

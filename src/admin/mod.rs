@@ -5,6 +5,7 @@
 //! request deadline), and errors in one JSON shape (`error.rs`).
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod links;
 pub mod openapi;
@@ -39,6 +40,8 @@ pub struct Admin {
     pub default_redirect: u16,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Signed-in console sessions (`console/session.rs`).
+    pub console_sessions: console::session::Sessions,
 }
 
 /// What the admin API reads in full mode.
@@ -111,6 +114,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if console::owns(req.uri().path()) {
+        let (label, resp) = console::handle(admin, req).await;
+        return (label, Ok(resp));
+    }
     let method = req.method().clone();
     let path = req.uri().path();
     let query = req.uri().query().map(str::to_owned);

@@ -3,6 +3,9 @@
 //! else, and tests/openapi.rs checks `/v1/openapi.json` against the same
 //! list, so the description cannot miss a route or keep a dead one.
 //!
+//! `/console/…` is not here: the console is HTML with its own routes
+//! (`console/mod.rs`), not part of the API the document describes.
+//!
 //! Owns path matching only: it never authenticates or reads a body.
 
 use http::{HeaderValue, Method};
