@@ -188,8 +188,10 @@ impl Admin {
                     HeaderValue::from_static("text/css; charset=utf-8"),
                 );
                 secure_headers(r.headers_mut());
-                r.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("max-age=300"),
+                );
                 r
             }
             (["sign-in"], true, _) => self.sign_in_page(ask, None),
@@ -227,7 +229,11 @@ impl Admin {
     }
 
     /// Runs a page for a signed-in viewer; others go to the sign-in page.
-    fn with_session(&self, ask: &Ask, page: impl FnOnce(&Session) -> Response<Body>) -> Response<Body> {
+    fn with_session(
+        &self,
+        ask: &Ask,
+        page: impl FnOnce(&Session) -> Response<Body>,
+    ) -> Response<Body> {
         match self.session(ask) {
             Some((_, s)) => page(&s),
             None => see_other("/console/sign-in"),
@@ -339,7 +345,9 @@ impl Admin {
                     || l.tags.iter().any(|t| t.to_lowercase().contains(&needle));
                 if hit {
                     if shown.len() == PAGE_SIZE {
-                        next = shown.last().map(|v: &super::links::LinkView| v.code.clone());
+                        next = shown
+                            .last()
+                            .map(|v: &super::links::LinkView| v.code.clone());
                         break 'scan;
                     }
                     shown.push(self.view(l));
