@@ -25,6 +25,13 @@ fn nice_max(max: u64) -> u64 {
     }
 }
 
+/// Up to five distinct, evenly spaced axis values from 0 to `top`.
+fn ticks(top: u64) -> Vec<u64> {
+    let mut t: Vec<u64> = (0..=4).map(|i| top * i / 4).collect();
+    t.dedup();
+    t
+}
+
 /// The chart for `series`; `hourly` picks the bucket labels.
 pub fn clicks(series: &[SeriesPoint], hourly: bool) -> Markup {
     let n = series.len().max(1) as f64;
@@ -61,8 +68,7 @@ pub fn clicks(series: &[SeriesPoint], hourly: bool) -> Markup {
     html! {
         svg class="chart" viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img"
             aria-label=(format!("Clicks per {}: {} buckets, peak {}", if hourly { "hour" } else { "day" }, series.len(), peak)) {
-            @for i in 0..=4u64 {
-                @let v = top as u64 * i / 4;
+            @for v in ticks(top as u64) {
                 line class="grid" x1=(LEFT) x2=(WIDTH - 8.0) y1=(y(v)) y2=(y(v)) {}
                 text class="axis" x=(LEFT - 6.0) y=(y(v) + 4.0) text-anchor="end" { (v) }
             }
@@ -98,6 +104,8 @@ mod tests {
         assert_eq!(nice_max(17), 20);
         assert_eq!(nice_max(500), 500);
         assert_eq!(nice_max(501), 1000);
+        assert_eq!(ticks(1), [0, 1]);
+        assert_eq!(ticks(20), [0, 5, 10, 15, 20]);
     }
 
     #[test]

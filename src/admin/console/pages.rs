@@ -109,6 +109,22 @@ pub struct LinksPage<'a> {
     pub admin: bool,
 }
 
+/// An RFC 3339 UTC time as `2026-12-04 20:55 UTC`.
+fn when(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(d), Some(t)) => format!("{d} {t} UTC"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+fn plural(n: u64, one: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
 fn tags(t: &[String]) -> Markup {
     html! { span.tags { @for tag in t { span.badge { (tag) } } } }
 }
@@ -230,7 +246,7 @@ pub fn link(
                 div.kpi { div.k { "Bots" } div.v { (stats.totals.bot_clicks) } }
                 div.kpi { div.k { "Unique visitors" } div.v { (stats.totals.unique_visitors) } }
                 div.kpi { div.k { "Conversions" } div.v { (stats.conversions) } }
-                div.kpi { div.k { "Revenue" } div.v { @if revenue.is_empty() { "—" } @else { (revenue) } } }
+                div.kpi { div.k { "Revenue" } div.v.money title=(revenue) { @if revenue.is_empty() { "—" } @else { (revenue) } } }
             }
             div.grid2 {
                 div.panel {
@@ -256,8 +272,8 @@ pub fn link(
                         dt { "Redirect" } dd { (l.redirect) }
                         dt { "Tags" } dd { (tags(&l.tags)) }
                         dt { "Query passthrough" } dd { @if l.passthrough { "on" } @else { "off" } }
-                        dt { "Created" } dd { (l.created_at) }
-                        dt { "Expires" } dd { (l.expires_at.as_deref().unwrap_or("never")) }
+                        dt { "Created" } dd { (when(&l.created_at)) }
+                        dt { "Expires" } dd { (l.expires_at.as_deref().map_or("never".to_owned(), when)) }
                     }
                     form method="post" action=(format!("/console/links/{}/disable", l.code)) class="spaced" {
                         input type="hidden" name="csrf" value=(viewer.csrf);
@@ -323,7 +339,7 @@ pub fn reconciliation(viewer: &Viewer<'_>, data: &serde_json::Value, network: &s
                                     @for l in d["links"].as_array().into_iter().flatten() {
                                         tr {
                                             td {} td { "↳ " a.mono href=(format!("/console/links/{}", l["code"].as_str().unwrap_or(""))) { (l["code"].as_str().unwrap_or("")) } }
-                                            td.num colspan="5" { (l["human_clicks"].as_u64().unwrap_or(0)) " human clicks" }
+                                            td.num colspan="5" { (plural(l["human_clicks"].as_u64().unwrap_or(0), "human click")) }
                                             td.num { (l["conversions"].as_u64().unwrap_or(0)) }
                                             td { (money(&l["revenue"])) }
                                         }
