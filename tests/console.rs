@@ -275,6 +275,83 @@ async fn a_forged_form_post_is_refused_and_changes_nothing() {
     let html = resp.text().await.unwrap();
     assert!(!html.contains("<script>"), "escaped");
     assert_eq!(link_codes(&api).await, ["keep", "made"]);
+
+    // Editing goes through the API's validation too.
+    let resp = console
+        .post(
+            "/console/links/made/edit",
+            &[
+                ("csrf", console.csrf.as_str()),
+                ("destination", "https://example.com/changed"),
+                ("tags", "autumn"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    let made = api.get("/v1/links/made").await.1;
+    assert_eq!(made["destination"], "https://example.com/changed");
+    assert_eq!(made["tags"], json!(["autumn"]));
+    let resp = console
+        .post(
+            "/console/links/made/edit",
+            &[
+                ("csrf", console.csrf.as_str()),
+                ("destination", "ftp://nope"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(
+        api.get("/v1/links/made").await.1["destination"],
+        "https://example.com/changed"
+    );
+    let resp = console
+        .post(
+            "/console/links/made/edit",
+            &[("destination", "https://evil.example/")],
+        )
+        .await;
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn the_links_list_pages_and_searches_across_pages() {
+    let server = Server::start();
+    let token = server.token("acme");
+    let api = Api::new(&server, token.clone());
+    let links: Vec<Value> = (0..60)
+        .map(|i| {
+            json!({
+                "code": format!("c{i:02}"),
+                "destination": format!("https://example.com/{i}"),
+                "tags": [if i % 3 == 0 { "fizz" } else { "plain" }],
+            })
+        })
+        .collect();
+    let (status, _) = api.post("/v1/links/batch", json!({ "links": links })).await;
+    assert_eq!(status, 200);
+    let console = Console::sign_in(&server, &token).await;
+    let rows = |html: &str| html.matches("<td><a class=\"mono\"").count();
+    let next = |html: &str| -> Option<String> {
+        let at = html.find("href=\"/console/links?")? + 6;
+        let href = &html[at..at + html[at..].find('"')?];
+        Some(href.replace("&amp;", "&"))
+    };
+    let (_, first) = console.get("/console/links").await;
+    assert_eq!(rows(&first), 25);
+    let (_, second) = console.get(&next(&first).unwrap()).await;
+    assert_eq!(rows(&second), 25);
+    assert!(second.contains(">c25<") && !second.contains(">c24<"));
+    let (_, third) = console.get(&next(&second).unwrap()).await;
+    assert_eq!(rows(&third), 10);
+    assert!(next(&third).is_none());
+    // 20 links are tagged fizz: one page, the search kept on "next".
+    let (_, fizz) = console.get("/console/links?q=FIZZ").await;
+    assert_eq!(rows(&fizz), 20);
+    assert!(next(&fizz).is_none());
+    let (_, none) = console.get("/console/links?q=%3Cb%3E").await;
+    assert_eq!(rows(&none), 0);
+    assert!(none.contains("&lt;b&gt;"));
 }
 
 #[tokio::test]

@@ -203,6 +203,10 @@ impl Admin {
                 Some(code) => self.with_session(ask, |s| self.link_page(ask, s, code, None)),
                 None => self.with_session(ask, |_| not_found()),
             },
+            (["links", code, "edit"], _, true) => match code_segment(code) {
+                Some(code) => self.with_form(ask, |s| self.edit_from_form(ask, s, code)),
+                None => self.with_form(ask, |_| not_found()),
+            },
             (["links", code, "disable"], _, true) => match code_segment(code) {
                 Some(code) => self.with_form(ask, |s| self.toggle_from_form(ask, s, code)),
                 None => self.with_form(ask, |_| not_found()),
@@ -453,8 +457,15 @@ impl Admin {
             Err(e) => return api_problem(e),
         };
         let flash = flash.or_else(|| {
-            (ask.query("created").as_deref() == Some("1"))
-                .then(|| Flash::Ok(format!("Created {}.", link.short_url)))
+            if ask.query("created").as_deref() == Some("1") {
+                Some(Flash::Ok(format!("Created {}.", link.short_url)))
+            } else if ask.query("saved").as_deref() == Some("1") {
+                Some(Flash::Ok(
+                    "Saved: the edge serves the change within a second.".into(),
+                ))
+            } else {
+                None
+            }
         });
         let viewer = Viewer {
             tenant: s.who.tenant.as_deref(),
@@ -464,6 +475,32 @@ impl Admin {
             StatusCode::OK,
             pages::link(&viewer, &link, &stats, hourly, flash),
         )
+    }
+
+    fn edit_from_form(&self, ask: &Ask, s: &Session, code: &str) -> Response<Body> {
+        let tags: Vec<&str> = ask
+            .field("tags")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        let body = serde_json::json!({
+            "destination": ask.field("destination").unwrap_or("").trim(),
+            "tags": tags,
+        });
+        let body = serde_json::to_vec(&body).expect("JSON serialises");
+        match self.patch(&s.who, code, &body) {
+            Ok(_) => see_other(&format!("/console/links/{code}?saved=1")),
+            Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
+            Err(e) => {
+                let mut r = self.link_page(ask, s, code, Some(Flash::Bad(e.message)));
+                if r.status() == StatusCode::OK {
+                    *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                }
+                r
+            }
+        }
     }
 
     fn toggle_from_form(&self, ask: &Ask, s: &Session, code: &str) -> Response<Body> {

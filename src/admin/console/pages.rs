@@ -275,6 +275,18 @@ pub fn link(
                         dt { "Created" } dd { (when(&l.created_at)) }
                         dt { "Expires" } dd { (l.expires_at.as_deref().map_or("never".to_owned(), when)) }
                     }
+                    form method="post" action=(format!("/console/links/{}/edit", l.code)) class="spaced" {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        div.field {
+                            label for="edit-destination" { "Destination" }
+                            input #edit-destination type="url" name="destination" value=(l.destination) required;
+                        }
+                        div.field {
+                            label for="edit-tags" { "Tags " span.hint { "(comma-separated)" } }
+                            input #edit-tags type="text" name="tags" value=(l.tags.join(", "));
+                        }
+                        button type="submit" { "Save" }
+                    }
                     form method="post" action=(format!("/console/links/{}/disable", l.code)) class="spaced" {
                         input type="hidden" name="csrf" value=(viewer.csrf);
                         input type="hidden" name="disabled" value=(if l.disabled { "false" } else { "true" });
