@@ -248,6 +248,12 @@ pub async fn serve(
         max_body_bytes: config.admin.max_body_bytes,
         request_timeout: config.admin.request_timeout,
         console_sessions: Default::default(),
+        networks: Some(crate::admin::NetworkAdmin {
+            store: crate::postback::networks::NetworkStore::open(&config.data_dir)
+                .map_err(crate::postback::OpenError::from)?,
+            sealer: crate::postback::sealed::Sealer::new(&master),
+            rotation_grace: config.postback.rotation_grace,
+        }),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;

@@ -456,6 +456,99 @@ async fn another_tenants_code_in_the_url_is_not_found_and_cannot_be_changed() {
     assert!(list.contains("ours") && list.contains("theirs"));
 }
 
+#[tokio::test]
+async fn an_admin_rotates_a_network_secret_seen_once_and_a_tenant_cannot() {
+    let server = Server::start_with(&[("CLICKEDGE_MASTER_KEY", MASTER)]);
+    let out = server.cli(&["network", "add", "kt", "--auth", "hmac"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let old_secret = added["secret"].as_str().unwrap().to_owned();
+    let admin = Console::sign_in(&server, &server.token("*")).await;
+    let (status, page) = admin.get("/console/networks").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("kt") && !page.contains(&old_secret));
+    // Forged: refused, nothing rotated.
+    let r = admin
+        .post("/console/networks/kt/rotate", &[("csrf", "nope")])
+        .await;
+    assert_eq!(r.status(), 403);
+    let r = admin
+        .post(
+            "/console/networks/kt/rotate",
+            &[("csrf", admin.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let at = page
+        .find("id=\"new-secret\">")
+        .expect("the new secret is shown")
+        + 16;
+    let new_secret = &page[at..at + page[at..].find('<').unwrap()];
+    assert!(new_secret.starts_with("ces_") && new_secret != old_secret);
+    let (_, again) = admin.get("/console/networks").await;
+    assert!(!again.contains(new_secret), "shown once");
+    assert!(
+        admin
+            .post(
+                "/console/networks/nope/rotate",
+                &[("csrf", admin.csrf.as_str())]
+            )
+            .await
+            .status()
+            == 404
+    );
+    // Networks are not a tenant's: its session sees none and rotates none.
+    let tenant = Console::sign_in(&server, &server.token("acme")).await;
+    assert_eq!(tenant.get("/console/networks").await.0, 404);
+    let r = tenant
+        .post(
+            "/console/networks/kt/rotate",
+            &[("csrf", tenant.csrf.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    let (_, links) = tenant.get("/console/links").await;
+    assert!(!links.contains("/console/networks"));
+    // The secret shown is the one the edge now verifies with.
+    let body = r#"{"click_id":"x","txn_id":"1"}"#;
+    let t = chrono::Utc::now().timestamp();
+    let sig = |secret: &str| {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let post = |s: String| {
+        client()
+            .post(server.edge_url("/_postback/kt"))
+            .header("content-type", "application/json")
+            .header("x-clickedge-signature", s)
+            .body(body)
+            .send()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = post(sig(new_secret)).await.unwrap().status().as_u16();
+        if status != 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new secret never verified");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        post(sig("ces_wrong-secret-entirely"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
 // ---- the browser walk ------------------------------------------------------
 
 struct Driver {

@@ -42,6 +42,15 @@ pub struct Admin {
     pub request_timeout: Duration,
     /// Signed-in console sessions (`console/session.rs`).
     pub console_sessions: console::session::Sessions,
+    /// The postback networks, for the console's networks page (admins).
+    pub networks: Option<NetworkAdmin>,
+}
+
+/// What the console needs to list networks and rotate their secrets.
+pub struct NetworkAdmin {
+    pub store: crate::postback::networks::NetworkStore,
+    pub sealer: crate::postback::sealed::Sealer,
+    pub rotation_grace: Duration,
 }
 
 /// What the admin API reads in full mode.

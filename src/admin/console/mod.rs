@@ -211,6 +211,11 @@ impl Admin {
                 Some(code) => self.with_form(ask, |s| self.toggle_from_form(ask, s, code)),
                 None => self.with_form(ask, |_| not_found()),
             },
+            (["networks"], true, _) => self.with_session(ask, |s| self.networks_page(s, None)),
+            (["networks", name, "rotate"], _, true) => {
+                let name = (*name).to_owned();
+                self.with_form(ask, |s| self.rotate_from_form(s, &name))
+            }
             (["reconciliation"], true, _) => {
                 self.with_session(ask, |s| self.reconciliation_page(ask, s))
             }
@@ -511,6 +516,50 @@ impl Admin {
             Ok(_) => see_other(&format!("/console/links/{code}")),
             Err(e) if e.status == StatusCode::NOT_FOUND => not_found(),
             Err(e) => api_problem(e),
+        }
+    }
+
+    /// Networks are global (not a tenant's): admins only; a tenant's
+    /// session gets a 404, as for anything not its own.
+    fn networks_page(&self, s: &Session, shown_once: Option<(String, String)>) -> Response<Body> {
+        let (Some(nets), None) = (&self.networks, &s.who.tenant) else {
+            return not_found();
+        };
+        if let Err(e) = nets.store.poll() {
+            return api_problem(ApiError::internal(e));
+        }
+        let list = nets.store.list();
+        let viewer = Viewer {
+            tenant: None,
+            csrf: &s.csrf,
+        };
+        html(
+            StatusCode::OK,
+            pages::networks(&viewer, &list, shown_once.as_ref()),
+        )
+    }
+
+    fn rotate_from_form(&self, s: &Session, name: &str) -> Response<Body> {
+        let (Some(nets), None) = (&self.networks, &s.who.tenant) else {
+            return not_found();
+        };
+        if !crate::postback::networks::is_valid_name(name) {
+            return not_found();
+        }
+        let secret = zeroize::Zeroizing::new(crate::postback::cli::random_secret());
+        match crate::postback::networks::rotate_secret(
+            &nets.store,
+            &nets.sealer,
+            name,
+            nets.rotation_grace,
+            &secret,
+        ) {
+            Ok(_) => {
+                tracing::info!(network = name, "console: network secret rotated");
+                self.networks_page(s, Some((name.to_owned(), secret.to_string())))
+            }
+            Err(crate::postback::networks::NetworkError::NotFound(_)) => not_found(),
+            Err(e) => api_problem(ApiError::internal(e)),
         }
     }
 

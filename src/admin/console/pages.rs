@@ -11,6 +11,7 @@ use crate::admin::links::{LinkStats, LinkView};
 pub enum Section {
     Links,
     Reconciliation,
+    Networks,
 }
 
 /// What the header shows about who is signed in.
@@ -61,6 +62,9 @@ pub fn layout(title: &str, section: Section, viewer: &Viewer<'_>, content: Marku
                     nav.main aria-label="Main" {
                         a href="/console/links" aria-current=[current(Section::Links)] { "Links" }
                         a href="/console/reconciliation" aria-current=[current(Section::Reconciliation)] { "Reconciliation" }
+                        @if viewer.tenant.is_none() {
+                            a href="/console/networks" aria-current=[current(Section::Networks)] { "Networks" }
+                        }
                     }
                     div.who {
                         span.badge { @match viewer.tenant { Some(t) => { "tenant " (t) }, None => "admin · all tenants" } }
@@ -354,6 +358,65 @@ pub fn reconciliation(viewer: &Viewer<'_>, data: &serde_json::Value, network: &s
                                             td.num colspan="5" { (plural(l["human_clicks"].as_u64().unwrap_or(0), "human click")) }
                                             td.num { (l["conversions"].as_u64().unwrap_or(0)) }
                                             td { (money(&l["revenue"])) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The postback networks (admins): settings, never a secret, except the
+/// one just made by a rotation, shown once.
+pub fn networks(
+    viewer: &Viewer<'_>,
+    list: &[crate::postback::networks::NetworkRecord],
+    shown_once: Option<&(String, String)>,
+) -> Markup {
+    layout(
+        "Networks",
+        Section::Networks,
+        viewer,
+        html! {
+            h1 { "Networks" }
+            p.sub { "Affiliate networks that send postbacks. Add and configure them with " code { "clickedge network" } "; rotate a secret here." }
+            @if let Some((name, secret)) = shown_once {
+                div class="flash ok" role="status" {
+                    "New secret for " strong { (name) } " — copy it now, it is not shown again: "
+                    code #new-secret { (secret) }
+                    br;
+                    "The previous secret keeps verifying during the rotation grace period."
+                }
+            }
+            div.panel {
+                div.table-wrap {
+                    @if list.is_empty() {
+                        p.empty { "No networks yet: " code { "clickedge network add NAME" } "." }
+                    } @else {
+                        table {
+                            thead { tr {
+                                th { "Network" } th { "Auth" } th { "Allowed IPs" } th { "Currency" }
+                                th.num { "Window" } th { "Previous secret until" } th { "Updated" } th {}
+                            } }
+                            tbody {
+                                @for n in list {
+                                    tr {
+                                        td { strong { (n.name) } }
+                                        td { (serde_json::to_value(&n.settings.auth).ok().and_then(|v| v.as_array().map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect::<Vec<_>>().join(", "))).unwrap_or_default()) }
+                                        td { @if n.settings.allowed_ips.is_empty() { "any" } @else { (n.settings.allowed_ips.join(", ")) } }
+                                        td { (n.settings.currency) }
+                                        td.num { (n.settings.attribution_window_secs / 86_400) " d" }
+                                        td { (n.previous_valid_until.map(|t| when(&crate::time::rfc3339(t.timestamp_millis()))).unwrap_or_else(|| "—".into())) }
+                                        td { (when(&crate::time::rfc3339(n.updated_at.timestamp_millis()))) }
+                                        td {
+                                            form.inline method="post" action=(format!("/console/networks/{}/rotate", n.name)) {
+                                                input type="hidden" name="csrf" value=(viewer.csrf);
+                                                button.quiet type="submit" { "Rotate secret" }
+                                            }
                                         }
                                     }
                                 }
