@@ -454,6 +454,9 @@ async fn another_tenants_code_in_the_url_is_not_found_and_cannot_be_changed() {
     let admin_console = Console::sign_in(&server, &admin.token).await;
     let (_, list) = admin_console.get("/console/links").await;
     assert!(list.contains("ours") && list.contains("theirs"));
+    // And picks one.
+    let (_, picked) = admin_console.get("/console/links?tenant=other").await;
+    assert!(picked.contains(">theirs<") && !picked.contains(">ours<"));
 }
 
 #[tokio::test]

@@ -337,13 +337,19 @@ impl Admin {
         let needle = q.trim().to_lowercase();
         let cursor = ask.query("cursor").filter(|c| code_segment(c).is_some());
         let first_page = cursor.is_none();
+        // An admin may pick one tenant; a tenant's session is its own.
+        let picked = ask
+            .query("tenant")
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty() && crate::tokens::is_valid_tenant(t));
+        let scope = s.who.tenant.clone().or(picked.clone());
         let mut after = cursor;
         let (mut shown, mut scanned) = (Vec::new(), 0);
         let mut next = None;
         'scan: loop {
-            let batch =
-                self.store
-                    .list_links(s.who.tenant.as_deref(), after.as_deref(), SCAN_BATCH);
+            let batch = self
+                .store
+                .list_links(scope.as_deref(), after.as_deref(), SCAN_BATCH);
             let exhausted = batch.len() < SCAN_BATCH;
             for l in batch {
                 scanned += 1;
@@ -386,6 +392,11 @@ impl Admin {
                 LinksPage {
                     links: &shown,
                     q: &q,
+                    tenant: if s.who.tenant.is_none() {
+                        picked.as_deref().unwrap_or("")
+                    } else {
+                        ""
+                    },
                     next,
                     first_page,
                     flash,

@@ -107,6 +107,8 @@ pub fn sign_in(csrf: &str, error: Option<&str>) -> Markup {
 pub struct LinksPage<'a> {
     pub links: &'a [LinkView],
     pub q: &'a str,
+    /// The tenant an admin picked ("" for every tenant).
+    pub tenant: &'a str,
     pub next: Option<String>,
     pub first_page: bool,
     pub flash: Option<Flash>,
@@ -138,6 +140,9 @@ pub fn links(viewer: &Viewer<'_>, page: LinksPage<'_>) -> Markup {
         let mut q = form_urlencoded::Serializer::new(String::new());
         if !page.q.is_empty() {
             q.append_pair("q", page.q);
+        }
+        if !page.tenant.is_empty() {
+            q.append_pair("tenant", page.tenant);
         }
         q.append_pair("cursor", cursor);
         format!("/console/links?{}", q.finish())
@@ -182,6 +187,12 @@ pub fn links(viewer: &Viewer<'_>, page: LinksPage<'_>) -> Markup {
                     div.grow {
                         label for="q" { "Search " span.hint { "code, tag or destination" } }
                         input #q type="search" name="q" value=(page.q);
+                    }
+                    @if page.admin {
+                        div {
+                            label for="tenant-filter" { "Tenant " span.hint { "(empty: all)" } }
+                            input #tenant-filter type="text" name="tenant" value=(page.tenant);
+                        }
                     }
                     div { button.quiet type="submit" { "Search" } }
                 }
