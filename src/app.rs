@@ -247,6 +247,13 @@ pub async fn serve(
         default_redirect: config.links.default_redirect,
         max_body_bytes: config.admin.max_body_bytes,
         request_timeout: config.admin.request_timeout,
+        console_sessions: Default::default(),
+        networks: Some(crate::admin::NetworkAdmin {
+            store: crate::postback::networks::NetworkStore::open(&config.data_dir)
+                .map_err(crate::postback::OpenError::from)?,
+            sealer: crate::postback::sealed::Sealer::new(&master),
+            rotation_grace: config.postback.rotation_grace,
+        }),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;
@@ -377,12 +384,25 @@ async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationTo
 
 /// Steps the IP-hash salt at epoch boundaries and forgets old salts.
 async fn tick_salts(salts: Arc<SaltRatchet>, shutdown: CancellationToken) {
+    let report = |salts: &SaltRatchet, failed| {
+        crate::telemetry::salt_state(
+            salts.epoch_start_ms() / 1000,
+            salts.rotation_ms() / 1000,
+            failed,
+        )
+    };
+    report(&salts, false);
     let mut ticker = crate::time::Ticker::new(SALT_TICK, shutdown);
     while ticker.tick().await {
-        let salts = salts.clone();
+        let ratchet = salts.clone();
         let now = crate::time::now_ms() as u64;
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || salts.tick(now)).await {
-            tracing::error!(error = %e, "privacy: cannot persist the salt step");
-        }
+        let failed = match tokio::task::spawn_blocking(move || ratchet.tick(now)).await {
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "privacy: cannot persist the salt step");
+                true
+            }
+            _ => false,
+        };
+        report(&salts, failed);
     }
 }

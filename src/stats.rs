@@ -64,7 +64,7 @@ struct Snapshot {
 }
 
 /// Totals for one bucket or a whole range.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub clicks: u64,
     pub human_clicks: u64,
@@ -72,8 +72,10 @@ pub struct Counts {
     pub unique_visitors: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One bucket of a series: its start and its counts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SeriesPoint {
+    #[schema(format = DateTime)]
     pub ts: String,
     #[serde(flatten)]
     pub counts: Counts,

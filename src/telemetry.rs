@@ -40,6 +40,10 @@ pub const REQUESTS_SHED: &str = "clickedge_requests_shed_total";
 pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
 pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
 pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
+pub const TLS_CERT_EXPIRY: &str = "clickedge_tls_certificate_expiry_timestamp_seconds";
+pub const SALT_EPOCH_START: &str = "clickedge_ip_salt_epoch_start_timestamp_seconds";
+pub const SALT_ROTATION: &str = "clickedge_ip_salt_rotation_seconds";
+pub const SALT_STEP_FAILURES: &str = "clickedge_ip_salt_step_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -143,6 +147,20 @@ fn describe_and_zero() {
         CLICKLOG_DAMAGED,
         "Damaged click-log records met in closed segments (the rest of such a segment is skipped)."
     );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "When the edge's served certificate expires (its notAfter), Unix seconds."
+    );
+    describe_gauge!(
+        SALT_EPOCH_START,
+        "When the IP-hash salt in use began its epoch, Unix seconds; older than privacy.salt_rotation means the ratchet is stuck."
+    );
+    describe_gauge!(SALT_ROTATION, "privacy.salt_rotation, in seconds.");
+    describe_counter!(
+        SALT_STEP_FAILURES,
+        "Salt steps whose state could not be persisted."
+    );
+    counter!(SALT_STEP_FAILURES).absolute(0);
     describe_counter!(TLS_RELOADS, "Certificate reloads after the files changed, by result (ok, failed: the old certificate keeps serving).");
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
@@ -371,6 +389,21 @@ pub fn stats_snapshot_took(took: Duration) {
 pub fn clicklog_write_failed(e: &std::io::Error) {
     counter!(CLICKLOG_WRITE_ERRORS).increment(1);
     tracing::error!(error = %e, "clicklog: write or fsync failed; retrying, queued clicks kept");
+}
+
+/// The served certificate's notAfter (Unix seconds), on load and reload.
+pub fn tls_certificate_expiry(not_after_secs: i64) {
+    gauge!(TLS_CERT_EXPIRY).set(not_after_secs as f64);
+}
+
+/// The IP-hash salt ratchet's state after a tick: when its epoch began,
+/// the rotation period, and whether the step failed to persist.
+pub fn salt_state(epoch_start_secs: u64, rotation_secs: u64, step_failed: bool) {
+    gauge!(SALT_EPOCH_START).set(epoch_start_secs as f64);
+    gauge!(SALT_ROTATION).set(rotation_secs as f64);
+    if step_failed {
+        counter!(SALT_STEP_FAILURES).increment(1);
+    }
 }
 
 pub fn tls_reloaded(ok: bool) {

@@ -109,8 +109,18 @@ fn certified_key(pair: &Pair, cert_path: &Path, key_path: &Path) -> Result<Certi
     }
     let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|e| key_err(e.to_string()))?;
     let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| key_err(format!("not usable with the certificate: {e}")))
+    let not_after = not_after_secs(&chain[0]).map_err(cert_err)?;
+    let key = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| key_err(format!("not usable with the certificate: {e}")))?;
+    crate::telemetry::tls_certificate_expiry(not_after);
+    Ok(key)
+}
+
+/// The leaf certificate's notAfter, Unix seconds.
+fn not_after_secs(leaf: &CertificateDer<'_>) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("the first certificate is not X.509 DER: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// The rustls server configuration for the edge's TLS listener.

@@ -35,10 +35,24 @@ pub fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, Api
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(ApiError::unauthorized());
     }
-    let record = store
-        .token_by_hash(&hash_token(token))
-        .ok_or_else(ApiError::unauthorized)?;
-    Ok(Principal {
+    principal_for_token(store, token).map(|(who, _)| who)
+}
+
+/// The caller a presented token stands for, and the token's hash (the
+/// console keeps the hash to end a session when the token is revoked).
+pub fn principal_for_token(store: &Store, token: &str) -> Result<(Principal, String), ApiError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(ApiError::unauthorized());
+    }
+    let hash = hash_token(token);
+    let who = principal_for_hash(store, &hash).ok_or_else(ApiError::unauthorized)?;
+    Ok((who, hash))
+}
+
+/// The caller of a token hash that is still valid.
+pub fn principal_for_hash(store: &Store, hash: &str) -> Option<Principal> {
+    let record = store.token_by_hash(hash)?;
+    Some(Principal {
         tenant: (!record.is_admin()).then_some(record.tenant),
     })
 }

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// `Allow` for a 405.
+    pub allow: Option<HeaderValue>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
         }
+    }
+
+    /// Adds the `Allow` header a 405 answer carries.
+    pub fn with_allow(mut self, allow: HeaderValue) -> ApiError {
+        self.allow = Some(allow);
+        self
     }
 
     pub fn unauthorized() -> ApiError {
@@ -83,19 +92,29 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        #[derive(serde::Serialize)]
-        struct Answer {
-            error: ErrorBody,
-        }
+        let allow = self.allow.clone();
         let (status, error) = self.into_parts();
-        json_response(status, &Answer { error })
+        let mut resp = json_response(status, &ErrorAnswer { error });
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        resp
     }
 }
 
+/// Every admin error answer: `{"error":{"code","message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorAnswer {
+    pub error: ErrorBody,
+}
+
 /// The `error` object of every admin error answer.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// A machine code (`[a-z_]+`), stable across releases.
+    #[schema(value_type = String, pattern = "^[a-z_]+$", example = "not_found")]
     pub code: &'static str,
+    /// Human text; may change.
     pub message: String,
 }
 

@@ -24,14 +24,25 @@ const MAX_TAG_BYTES: usize = 64;
 const DEFAULT_TENANT: &str = "default";
 const DEFAULT_STATS_DAYS: i64 = 30;
 
-#[derive(Debug, Deserialize)]
+/// A link to create.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// Where the link goes: an absolute http(s) URL, at most 2048 bytes;
+    /// may hold `{click_id}`-style macros.
+    #[schema(example = "https://example.com/landing", format = "uri")]
     destination: String,
+    /// The short code; generated when absent.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     code: Option<String>,
+    /// Redirect status; the configured default when absent.
     redirect: Option<u16>,
+    /// RFC 3339; the link answers 410 after it.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// At most 32 tags of 1-64 printable bytes.
     tags: Option<Vec<String>>,
+    /// Whether the visitor's query string is passed on (default true).
     passthrough: Option<bool>,
     /// Only admin tokens may create links for another tenant.
     tenant: Option<String>,
@@ -71,25 +82,40 @@ fn nesting_within(body: &[u8], max: usize) -> bool {
     true
 }
 
+/// The body of `POST /v1/links/batch` (parsed item by item in `batch`,
+/// so one bad item fails alone; this type is its description).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// Up to 1000 links, each a `CreateBody` validated alone: a bad item
+    /// gets its own 4xx in `results` and the others are still created.
+    #[schema(value_type = Vec<Value>, max_items = 1000)]
+    pub links: Vec<serde_json::Value>,
+}
+
 /// The answer to a batch: one result per item, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchAnswer {
     results: Vec<BatchResult>,
 }
 
-#[derive(Debug, Serialize)]
+/// One batch item's outcome: its link (201) or its error (4xx).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-enum BatchResult {
+pub enum BatchResult {
     Created { status: u16, link: LinkView },
     Refused { status: u16, error: ErrorBody },
 }
 
-#[derive(Debug, Deserialize)]
+/// Changes to a link; absent keys are left as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     destination: Option<String>,
     disabled: Option<bool>,
+    /// RFC 3339, or `null` to remove the expiry.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
     redirect: Option<u16>,
     tags: Option<Vec<String>>,
@@ -103,19 +129,52 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Serialize)]
+/// A link as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LinkView {
-    code: String,
-    short_url: String,
-    destination: String,
-    tenant: String,
-    redirect: u16,
-    created_at: String,
-    updated_at: String,
-    expires_at: Option<String>,
-    disabled: bool,
-    tags: Vec<String>,
-    passthrough: bool,
+    pub code: String,
+    pub short_url: String,
+    pub destination: String,
+    pub tenant: String,
+    pub redirect: u16,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    pub disabled: bool,
+    pub tags: Vec<String>,
+    pub passthrough: bool,
+}
+
+/// One page of `GET /v1/links`, in code order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LinkPage {
+    pub links: Vec<LinkView>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/links/{code}/stats`: totals over the range and a series.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LinkStats {
+    pub code: String,
+    #[schema(format = DateTime)]
+    pub from: String,
+    #[schema(format = DateTime)]
+    pub to: String,
+    /// `hour` or `day`.
+    #[schema(value_type = String, example = "day")]
+    pub interval: &'static str,
+    #[serde(flatten)]
+    pub totals: Counts,
+    /// Pending and approved conversions first received in the range.
+    pub conversions: u64,
+    /// Approved payouts per currency (latest status wins), as decimal text.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub revenue: crate::postback::reconcile::Money,
+    pub series: Vec<SeriesPoint>,
 }
 
 impl Admin {
@@ -162,6 +221,12 @@ impl Admin {
                 return Err(ApiError::invalid(
                     "invalid_code",
                     "code must be 1-64 characters of [A-Za-z0-9-]",
+                ));
+            }
+            if super::routes::RESERVED_CODES.contains(&code.as_str()) {
+                return Err(ApiError::invalid(
+                    "invalid_code",
+                    format!("`{code}` is reserved: the admin API has a route of that name"),
                 ));
             }
         }
@@ -329,11 +394,7 @@ impl Admin {
         Ok(())
     }
 
-    pub(super) fn list(
-        &self,
-        who: &Principal,
-        query: Option<&str>,
-    ) -> Result<serde_json::Value, ApiError> {
+    pub(super) fn list(&self, who: &Principal, query: Option<&str>) -> Result<LinkPage, ApiError> {
         let mut limit = DEFAULT_PAGE;
         let mut cursor = None;
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -365,7 +426,10 @@ impl Admin {
             .flatten()
             .map(|l| data_encoding::BASE64URL_NOPAD.encode(l.code.as_bytes()));
         let links: Vec<LinkView> = links.into_iter().map(|l| self.view(l)).collect();
-        Ok(serde_json::json!({"links": links, "next_cursor": next}))
+        Ok(LinkPage {
+            links,
+            next_cursor: next,
+        })
     }
 
     pub(super) fn stats(
@@ -373,7 +437,7 @@ impl Admin {
         who: &Principal,
         code: &str,
         query: Option<&str>,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<LinkStats, ApiError> {
         let link = self.visible(who, code)?;
         let mut from = None;
         let mut to = None;
@@ -428,21 +492,19 @@ impl Admin {
                 .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
             None => crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to),
         };
-        Ok(serde_json::json!({
-            "code": link.code,
-            "from": crate::time::rfc3339(from),
-            "to": crate::time::rfc3339(to),
-            "interval": match interval { Interval::Hour => "hour", Interval::Day => "day" },
-            "clicks": totals.clicks,
-            "human_clicks": totals.human_clicks,
-            "bot_clicks": totals.bot_clicks,
-            "unique_visitors": totals.unique_visitors,
-            // Pending + approved conversions first received in the range;
-            // revenue from approved ones, per currency (latest status wins).
-            "conversions": conversions,
-            "revenue": revenue,
-            "series": series,
-        }))
+        Ok(LinkStats {
+            code: link.code,
+            from: crate::time::rfc3339(from),
+            to: crate::time::rfc3339(to),
+            interval: match interval {
+                Interval::Hour => "hour",
+                Interval::Day => "day",
+            },
+            totals,
+            conversions,
+            revenue,
+            series,
+        })
     }
 }
 

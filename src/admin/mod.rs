@@ -5,9 +5,12 @@
 //! request deadline), and errors in one JSON shape (`error.rs`).
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod links;
+pub mod openapi;
 pub mod reconciliation;
+pub mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use crate::stats::StatsIndex;
 use crate::store::Store;
 use crate::telemetry;
 use error::{json_response, ApiError};
+use routes::RouteId;
 
 pub struct Admin {
     pub store: Arc<Store>,
@@ -36,12 +40,46 @@ pub struct Admin {
     pub default_redirect: u16,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Signed-in console sessions (`console/session.rs`).
+    pub console_sessions: console::session::Sessions,
+    /// The postback networks, for the console's networks page (admins).
+    pub networks: Option<NetworkAdmin>,
+}
+
+/// What the console needs to list networks and rotate their secrets.
+pub struct NetworkAdmin {
+    pub store: crate::postback::networks::NetworkStore,
+    pub sealer: crate::postback::sealed::Sealer,
+    pub rotation_grace: Duration,
 }
 
 /// What the admin API reads in full mode.
 pub struct Warehouse {
     pub client: clickhouse::Client,
     pub ship: Arc<crate::ship::ShipStatus>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(value_type = String, example = "ready")]
+    pub status: &'static str,
+    /// Links in the edge's table (when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<u64>,
+    /// Why not (when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<&'static str>,
 }
 
 type Routed = (&'static str, Result<Response<Body>, ApiError>);
@@ -85,21 +123,34 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if console::owns(req.uri().path()) {
+        let (label, resp) = console::handle(admin, req).await;
+        return (label, Ok(resp));
+    }
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = req.uri().path();
     let query = req.uri().query().map(str::to_owned);
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["healthz"] => (
-            "healthz",
-            only_get(&method).map(|()| ok_json(serde_json::json!({"status": "ok"}))),
+    let (route, params) = match routes::find(&method, path) {
+        Ok(m) => (
+            m.route,
+            m.params.into_iter().map(str::to_owned).collect::<Vec<_>>(),
         ),
-        ["readyz"] => ("readyz", only_get(&method).map(|()| admin.readiness())),
-        ["metrics"] => (
-            "metrics",
-            only_get(&method).map(|()| admin.render_metrics()),
-        ),
-        ["v1", ..] => {
+        Err(e) => {
+            let label = if path.starts_with("/v1/") {
+                "v1"
+            } else {
+                "unknown"
+            };
+            return (label, Err(e.into_error()));
+        }
+    };
+    let name = route.id.name();
+    match route.id {
+        RouteId::Healthz => (name, Ok(ok_json(Health { status: "ok" }))),
+        RouteId::Readyz => (name, Ok(admin.readiness())),
+        RouteId::Metrics => (name, Ok(admin.render_metrics())),
+        RouteId::OpenApi => (name, Ok(openapi::response())),
+        id => {
             let who = match auth::authenticate(&admin.store, req.headers()) {
                 Ok(who) => who,
                 Err(e) => return ("auth", Err(e)),
@@ -116,17 +167,12 @@ where
             // be long: both run on the blocking pool, never on the workers
             // that serve redirects.
             let admin = Arc::clone(&admin);
-            let path = path.clone();
-            let dispatch = move || {
-                let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-                admin.dispatch_v1(&who, &segments[1..], &method, query.as_deref(), &body)
-            };
+            let dispatch = move || admin.dispatch_v1(&who, id, &params, query.as_deref(), &body);
             match tokio::task::spawn_blocking(dispatch).await {
-                Ok(routed) => routed,
-                Err(_) => ("v1", Err(ApiError::internal("admin request task failed"))),
+                Ok(result) => (name, result),
+                Err(_) => (name, Err(ApiError::internal("admin request task failed"))),
             }
         }
-        _ => ("unknown", Err(ApiError::not_found("route"))),
     }
 }
 
@@ -150,14 +196,6 @@ where
     }
 }
 
-fn only_get(method: &Method) -> Result<(), ApiError> {
-    if method == Method::GET || method == Method::HEAD {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed())
-    }
-}
-
 fn ok_json(v: impl serde::Serialize) -> Response<Body> {
     json_response(StatusCode::OK, &v)
 }
@@ -178,39 +216,24 @@ impl Admin {
     fn dispatch_v1(
         &self,
         who: &auth::Principal,
-        rest: &[&str],
-        method: &Method,
+        id: RouteId,
+        params: &[String],
         q: Option<&str>,
         body: &Bytes,
-    ) -> Routed {
-        let admin = self;
-        match (rest, method) {
-            (["links"], &Method::POST) => ("links_create", admin.create(who, body).map(created)),
-            (["links"], &Method::GET) => ("links_list", admin.list(who, q).map(ok_json)),
-            (["links", "batch"], &Method::POST) => {
-                ("links_batch", admin.batch(who, body).map(ok_json))
+    ) -> Result<Response<Body>, ApiError> {
+        let code = || params.first().map(String::as_str).unwrap_or_default();
+        match id {
+            RouteId::LinksCreate => self.create(who, body).map(created),
+            RouteId::LinksList => self.list(who, q).map(ok_json),
+            RouteId::LinksBatch => self.batch(who, body).map(ok_json),
+            RouteId::LinksGet => self.visible(who, code()).map(|l| ok_json(self.view(l))),
+            RouteId::LinksPatch => self.patch(who, code(), body).map(ok_json),
+            RouteId::LinksDelete => self.delete(who, code()).map(|()| no_content()),
+            RouteId::LinksStats => self.stats(who, code(), q).map(ok_json),
+            RouteId::Reconciliation => self.reconciliation(who, q).map(ok_json),
+            RouteId::Healthz | RouteId::Readyz | RouteId::Metrics | RouteId::OpenApi => {
+                Err(ApiError::internal("public route dispatched as /v1"))
             }
-            (["links", code], &Method::GET) => (
-                "links_get",
-                admin.visible(who, code).map(|l| ok_json(admin.view(l))),
-            ),
-            (["links", code], &Method::PATCH) => {
-                ("links_patch", admin.patch(who, code, body).map(ok_json))
-            }
-            (["links", code], &Method::DELETE) => (
-                "links_delete",
-                admin.delete(who, code).map(|()| no_content()),
-            ),
-            (["links", code, "stats"], &Method::GET) => {
-                ("links_stats", admin.stats(who, code, q).map(ok_json))
-            }
-            (["reconciliation"], &Method::GET) => {
-                ("reconciliation", admin.reconciliation(who, q).map(ok_json))
-            }
-            (["links"] | ["links", _] | ["links", _, "stats"] | ["reconciliation"], _) => {
-                ("v1", Err(ApiError::method_not_allowed()))
-            }
-            _ => ("v1", Err(ApiError::not_found("route"))),
         }
     }
 
@@ -222,21 +245,26 @@ impl Admin {
                 .kafka_reachable
                 .load(std::sync::atomic::Ordering::Relaxed)
         });
+        let not_ready = |reason| {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Readiness {
+                    status: "not_ready",
+                    links: None,
+                    reason: Some(reason),
+                },
+            )
+        };
         if kafka_down {
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "not_ready", "reason": "kafka unreachable (clicks are kept in the local log)"}),
-            )
+            not_ready("kafka unreachable (clicks are kept in the local log)")
         } else if self.clicklog.is_alive() {
-            ok_json(serde_json::json!({
-                "status": "ready",
-                "links": self.store.table().load().len(),
-            }))
+            ok_json(Readiness {
+                status: "ready",
+                links: Some(self.store.table().load().len() as u64),
+                reason: None,
+            })
         } else {
-            json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"status": "not_ready", "reason": "click-log writer stopped"}),
-            )
+            not_ready("click-log writer stopped")
         }
     }
 

@@ -6,7 +6,7 @@ use super::auth::Principal;
 use super::error::ApiError;
 use super::Admin;
 use crate::postback::networks::is_valid_name;
-use crate::postback::reconcile::{reconcile, Query};
+use crate::postback::reconcile::{reconcile, Query, Reconciliation};
 use crate::time::{parse_range_bound, RangeEnd};
 
 const DEFAULT_DAYS: i64 = 30;
@@ -19,7 +19,7 @@ impl Admin {
         &self,
         who: &Principal,
         query: Option<&str>,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<Reconciliation, ApiError> {
         let mut network = None;
         let mut from = None;
         let mut to = None;

@@ -235,6 +235,15 @@ impl SaltRatchet {
     pub fn current_epoch(&self) -> u64 {
         self.current.load().epoch
     }
+
+    /// When the salt in use began its epoch, Unix ms.
+    pub fn epoch_start_ms(&self) -> u64 {
+        self.current.load().epoch * self.rotation_ms
+    }
+
+    pub fn rotation_ms(&self) -> u64 {
+        self.rotation_ms
+    }
 }
 
 fn parse_salt(hex_text: &str) -> Option<Salt> {

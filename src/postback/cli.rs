@@ -6,7 +6,6 @@
 //! only sealed; `list` never shows them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -193,6 +192,11 @@ impl SettingsArgs {
 }
 
 /// A fresh random credential: 256 bits, base64url.
+/// A fresh HMAC secret, as `network add` and `rotate` make one.
+pub fn random_secret() -> String {
+    random_credential(SECRET_PREFIX)
+}
+
 fn random_credential(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill(&mut bytes);
@@ -296,15 +300,7 @@ pub fn run(config: &Config, cmd: NetworkCommand) -> anyhow::Result<()> {
             };
             let secret =
                 zeroize::Zeroizing::new(given_credential("--secret", secret, SECRET_PREFIX)?);
-            let rec = store.write(|all| {
-                let mut r = live(all, &name)?;
-                let now = Utc::now();
-                r.previous_secret = Some(r.secret.clone());
-                r.previous_valid_until = Some(now + duration(grace));
-                r.secret = sealer.seal(&name, Field::Secret, secret.as_bytes());
-                r.updated_at = now;
-                Ok(r)
-            })?;
+            let rec = super::networks::rotate_secret(&store, &sealer, &name, grace, &secret)?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -332,10 +328,6 @@ fn live(all: &BTreeMap<String, NetworkRecord>, name: &str) -> Result<NetworkReco
         .filter(|r| !r.removed)
         .cloned()
         .ok_or_else(|| NetworkError::NotFound(name.to_owned()))
-}
-
-fn duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// What `list` and `update` show: everything but the sealed values.

@@ -22,7 +22,7 @@ use clickhouse::Client;
 use super::click_index::{ClickIndex, ClickRef};
 use super::decimal::Decimal;
 use super::ledger::{Conversion, DAY_MS};
-use super::reconcile::{totals, Money, Query, Tally};
+use super::reconcile::{totals, Money, Query, Reconciliation, Tally};
 use super::{ClickLookup, Outcome, Status};
 use crate::links::Link;
 use crate::telemetry::Throttle;
@@ -163,7 +163,7 @@ async fn conversions(
 }
 
 /// Answers `GET /v1/reconciliation` from ClickHouse.
-pub async fn reconcile(client: &Client, q: &Query) -> Result<serde_json::Value, WarehouseError> {
+pub async fn reconcile(client: &Client, q: &Query) -> Result<Reconciliation, WarehouseError> {
     let scope = Scope {
         network: q.network.as_deref(),
         from_ms: q.from_ms,

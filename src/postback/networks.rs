@@ -393,6 +393,32 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> NetworkError + '_ {
     }
 }
 
+/// Rotates `name`'s HMAC secret to `secret` (the old one keeps verifying
+/// for `grace`), durably; used by `clickedge network rotate` and the
+/// console. The caller shows `secret` once and keeps it nowhere.
+pub fn rotate_secret(
+    store: &NetworkStore,
+    sealer: &super::sealed::Sealer,
+    name: &str,
+    grace: std::time::Duration,
+    secret: &str,
+) -> Result<NetworkRecord, NetworkError> {
+    store.write(|all| {
+        let mut r = all
+            .get(name)
+            .filter(|r| !r.removed)
+            .cloned()
+            .ok_or_else(|| NetworkError::NotFound(name.to_owned()))?;
+        let now = Utc::now();
+        r.previous_secret = Some(r.secret.clone());
+        r.previous_valid_until =
+            Some(now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX));
+        r.secret = sealer.seal(name, super::sealed::Field::Secret, secret.as_bytes());
+        r.updated_at = now;
+        Ok(r)
+    })
+}
+
 // ---- what the edge reads -------------------------------------------------
 
 /// A network ready for verification: secrets opened, maps compiled.

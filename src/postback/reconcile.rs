@@ -39,27 +39,51 @@ pub struct Query {
 
 pub type Money = BTreeMap<String, Decimal>;
 
-#[derive(Debug, Default, Serialize)]
-struct StatusRow {
+/// `GET /v1/reconciliation`: rows per network and UTC day.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Reconciliation {
+    #[schema(format = DateTime)]
+    pub from: String,
+    #[schema(format = DateTime)]
+    pub to: String,
+    pub network: Option<String>,
+    pub days: Vec<DayRow>,
+}
+
+/// Conversions with one status, and their payouts per currency.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct StatusRow {
     count: u64,
+    /// Decimal text per currency.
+    #[schema(value_type = BTreeMap<String, String>)]
     payout: Money,
 }
 
-#[derive(Debug, Default, Serialize)]
-struct LinkRow {
+/// One link's conversions on one network and day.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct LinkRow {
     code: String,
     tenant: String,
     human_clicks: u64,
     conversions: u64,
+    /// By status: `pending`, `approved`, `rejected`, ….
+    #[schema(value_type = BTreeMap<String, StatusRow>)]
     by_status: BTreeMap<&'static str, StatusRow>,
+    #[schema(value_type = BTreeMap<String, String>)]
     revenue: Money,
+    /// Conversions per human click, 4 decimals; `null` without clicks.
     conversion_rate: Option<f64>,
+    /// Earnings per human click, per currency.
+    #[schema(value_type = BTreeMap<String, String>)]
     epc: Money,
 }
 
-#[derive(Debug, Default, Serialize)]
-struct DayRow {
+/// One network's postbacks and conversions on one UTC day.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct DayRow {
     network: String,
+    /// `YYYY-MM-DD`.
+    #[schema(format = Date)]
     day: String,
     received: u64,
     accepted: u64,
@@ -69,9 +93,12 @@ struct DayRow {
     unmatched: u64,
     /// Admins only: postbacks refused before they became a conversion.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, u64>>)]
     refused: Option<BTreeMap<&'static str, u64>>,
     conversions: u64,
+    #[schema(value_type = BTreeMap<String, StatusRow>)]
     by_status: BTreeMap<&'static str, StatusRow>,
+    #[schema(value_type = BTreeMap<String, String>)]
     revenue: Money,
     links: Vec<LinkRow>,
 }
@@ -169,7 +196,7 @@ impl Tally {
         mut self,
         q: &Query,
         mut human_clicks: impl FnMut(&str, &str, i64) -> u64,
-    ) -> serde_json::Value {
+    ) -> Reconciliation {
         for ((network, day), rows) in std::mem::take(&mut self.links) {
             let d = self
                 .days
@@ -190,12 +217,12 @@ impl Tally {
                 d.links.push(l);
             }
         }
-        serde_json::json!({
-            "from": crate::time::rfc3339(q.from_ms),
-            "to": crate::time::rfc3339(q.to_ms),
-            "network": q.network,
-            "days": self.days.into_values().collect::<Vec<_>>(),
-        })
+        Reconciliation {
+            from: crate::time::rfc3339(q.from_ms),
+            to: crate::time::rfc3339(q.to_ms),
+            network: q.network.clone(),
+            days: self.days.into_values().collect(),
+        }
     }
 }
 
@@ -219,7 +246,7 @@ fn count_status(
 }
 
 /// Answers `GET /v1/reconciliation` from this node's ledger (embedded mode).
-pub fn reconcile(ledger: &Ledger, stats: &StatsIndex, q: &Query) -> serde_json::Value {
+pub fn reconcile(ledger: &Ledger, stats: &StatsIndex, q: &Query) -> Reconciliation {
     let mut tally = Tally::default();
     ledger.read(|state| {
         for c in state.conversions.values() {
