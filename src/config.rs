@@ -83,6 +83,12 @@ pub struct EdgeConfig {
     pub h2_max_local_error_reset_streams: usize,
     /// Requests in flight on the edge beyond this get 503 at once.
     pub max_in_flight: usize,
+    /// Postbacks in flight, a pool of their own (not counted in
+    /// `max_in_flight`), so slow postbacks cannot starve redirects.
+    pub postback_max_in_flight: usize,
+    /// Deadline and minimum rate for every request body read on the edge.
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_sec: u64,
     pub tls: Option<TlsConfig>,
     pub rate_limit: RateLimitConfig,
 }
@@ -128,6 +134,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Deadline and minimum rate for an admin request body.
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +325,9 @@ struct RawEdge {
     h2_max_reset_streams: usize,
     h2_max_local_error_reset_streams: usize,
     max_in_flight: usize,
+    postback_max_in_flight: usize,
+    body_read_timeout_ms: u64,
+    min_body_bytes_per_sec: u64,
     #[serde(default)]
     tls: Option<RawTls>,
     rate_limit: RawRateLimit,
@@ -353,6 +365,8 @@ struct RawAdmin {
     listen: String,
     max_body_bytes: usize,
     request_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    min_body_bytes_per_sec: u64,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +542,11 @@ impl Config {
             listen: parse_addr("admin.listen", &raw.admin.listen)?,
             max_body_bytes: at_least("admin.max_body_bytes", raw.admin.max_body_bytes, 1024)?,
             request_timeout: millis("admin.request_timeout_ms", raw.admin.request_timeout_ms)?,
+            body_read_timeout: millis(
+                "admin.body_read_timeout_ms",
+                raw.admin.body_read_timeout_ms,
+            )?,
+            min_body_bytes_per_sec: raw.admin.min_body_bytes_per_sec,
         };
         if !(7..=64).contains(&raw.links.random_code_len) {
             return Err(invalid("links.random_code_len", "must be between 7 and 64"));
@@ -706,6 +725,13 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
             1,
         )?,
         max_in_flight: at_least("edge.max_in_flight", raw.max_in_flight, 1)?,
+        postback_max_in_flight: at_least(
+            "edge.postback_max_in_flight",
+            raw.postback_max_in_flight,
+            1,
+        )?,
+        body_read_timeout: millis("edge.body_read_timeout_ms", raw.body_read_timeout_ms)?,
+        min_body_bytes_per_sec: raw.min_body_bytes_per_sec,
         tls: raw.tls.map(validate_tls).transpose()?,
         rate_limit: validate_rate_limit(raw.rate_limit)?,
     })
@@ -1055,6 +1081,12 @@ mod tests {
         assert_eq!(e.h2_max_concurrent_streams, 256);
         assert_eq!(e.h2_max_reset_streams, 64);
         assert_eq!(e.max_in_flight, 10_000);
+        assert_eq!(e.postback_max_in_flight, 1000);
+        assert_eq!(e.body_read_timeout, Duration::from_secs(3));
+        assert_eq!(e.min_body_bytes_per_sec, 1024);
+        let a = Config::from_toml("").unwrap().admin;
+        assert_eq!(a.body_read_timeout, Duration::from_secs(10));
+        assert!(err_of("[admin]\nbody_read_timeout_ms = 0").contains("admin.body_read_timeout_ms"));
         let edge = |body: &str| err_of(&format!("[edge]\n{body}"));
         for key in [
             "max_request_target_bytes",
@@ -1063,6 +1095,8 @@ mod tests {
             "h2_max_reset_streams",
             "h2_max_local_error_reset_streams",
             "max_in_flight",
+            "postback_max_in_flight",
+            "body_read_timeout_ms",
         ] {
             assert!(
                 edge(&format!("{key} = 0")).contains(&format!("edge.{key}")),

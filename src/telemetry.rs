@@ -37,6 +37,8 @@ pub const POSTBACK_VERIFY: &str = "clickedge_postback_verify_duration_seconds";
 pub const POSTBACK_LEDGER_ERRORS: &str = "clickedge_postback_ledger_errors_total";
 pub const H2_RESET_LIMIT: &str = "clickedge_h2_reset_limit_total";
 pub const REQUESTS_SHED: &str = "clickedge_requests_shed_total";
+pub const POSTBACKS_SHED: &str = "clickedge_postbacks_shed_total";
+pub const BODY_READS_REFUSED: &str = "clickedge_body_reads_refused_total";
 pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
 pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
 pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
@@ -100,6 +102,14 @@ fn describe_and_zero() {
         "Link-table publications (each admin change is one)."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open connections, by listener.");
+    describe_counter!(
+        POSTBACKS_SHED,
+        "Postbacks answered 503 at once because edge.postback_max_in_flight were in flight (their own pool: redirects are not affected)."
+    );
+    describe_counter!(
+        BODY_READS_REFUSED,
+        "Request bodies refused while being read, by listener and why (too_large, timeout, too_slow, unreadable)."
+    );
     describe_counter!(
         CONNECTIONS_REJECTED,
         "Connections closed at once because the listener was at max_connections."
@@ -216,6 +226,8 @@ pub struct EdgeMetrics {
     pub rate_limited: Counter,
     pub uri_too_long: Counter,
     pub shed: Counter,
+    /// Postbacks refused because their own pool was full.
+    pub postback_shed: Counter,
     pub https_redirect: Counter,
     pub duration: Histogram,
 }
@@ -240,6 +252,11 @@ impl EdgeMetrics {
             uri_too_long: c("redirect", "414"),
             shed: {
                 let shed = counter!(REQUESTS_SHED);
+                shed.absolute(0);
+                shed
+            },
+            postback_shed: {
+                let shed = counter!(POSTBACKS_SHED);
                 shed.absolute(0);
                 shed
             },
@@ -286,6 +303,12 @@ impl RateLimitMetrics {
 pub fn admin_request(route: &'static str, status: u16) {
     counter!(HTTP_REQUESTS, "listener" => "admin", "route" => route, "status" => status.to_string())
         .increment(1);
+}
+
+/// A request body was refused while being read (`why`: the
+/// `body::BodyError` kind).
+pub fn body_read_refused(listener: &'static str, why: &'static str) {
+    counter!(BODY_READS_REFUSED, "listener" => listener, "why" => why).increment(1);
 }
 
 pub fn connection_opened(listener: &'static str) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clicklog::ClickLog;
@@ -34,7 +34,8 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     pub public_url: String,
     pub default_redirect: u16,
-    pub max_body_bytes: usize,
+    /// Request bodies: size cap, deadline and minimum rate.
+    pub body: crate::body::BodyLimits,
     pub request_timeout: Duration,
 }
 
@@ -105,7 +106,7 @@ where
                 Err(e) => return ("auth", Err(e)),
             };
             let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
-                match read_body(req.into_body(), admin.max_body_bytes).await {
+                match read_body(req.into_body(), admin.body).await {
                     Ok(b) => b,
                     Err(e) => return ("body", Err(e)),
                 }
@@ -130,24 +131,32 @@ where
     }
 }
 
-async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ApiError>
+async fn read_body<B>(body: B, limits: crate::body::BodyLimits) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than {max} bytes"),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("could not read the request body: {e}"),
-        )),
-    }
+    use crate::body::BodyError;
+    crate::body::read(body, limits).await.map_err(|e| {
+        telemetry::body_read_refused("admin", e.kind());
+        match e {
+            BodyError::TooLarge(max) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {max} bytes"),
+            ),
+            e if e.is_slow() => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("request body {e}"),
+            ),
+            e => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            ),
+        }
+    })
 }
 
 fn only_get(method: &Method) -> Result<(), ApiError> {
