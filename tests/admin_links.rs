@@ -1267,3 +1267,66 @@ async fn stats_ranges_accept_dates_and_rfc3339_and_refuse_bad_values() {
         assert_error(&got, 400, "invalid_query");
     }
 }
+
+/// A raw admin request (every header line as given); status, head, body.
+fn admin_raw_blocking(server: &Server, head: &str) -> (u16, String, Value) {
+    let mut s = std::net::TcpStream::connect(server.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{head}Host: admin.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (h, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = h.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, h.to_ascii_lowercase(), json)
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_400_whichever_comes_first() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    let good = format!("Authorization: Bearer {}\r\n", api.token);
+    let bad = "Authorization: Bearer not-a-token\r\n";
+    for (first, second) in [
+        (good.as_str(), bad),
+        (bad, good.as_str()),
+        (good.as_str(), good.as_str()),
+    ] {
+        let (status, _, body) = admin_raw_blocking(
+            &server,
+            &format!("GET /v1/links HTTP/1.1\r\n{first}{second}"),
+        );
+        assert_eq!(status, 400, "{first}{second}: {body}");
+        assert_eq!(body["error"]["code"], "duplicate_header", "{body}");
+        assert_error_shape(&body);
+    }
+    let (status, _, _) = admin_raw_blocking(&server, &format!("GET /v1/links HTTP/1.1\r\n{good}"));
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_admin_405_names_the_allowed_methods_in_allow() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    api.link(json!({"code": "r", "destination": "https://x.example/"}))
+        .await;
+    let auth = format!("Authorization: Bearer {}\r\n", api.token);
+    for (method, path, allow) in [
+        ("PUT", "/v1/links", "get, post"),
+        ("PUT", "/v1/links/r", "get, patch, delete"),
+        ("POST", "/v1/links/r/stats", "get"),
+        ("DELETE", "/v1/reconciliation", "get"),
+        ("POST", "/healthz", "get, head"),
+        ("PUT", "/metrics", "get, head"),
+    ] {
+        let (status, head, body) = admin_raw_blocking(
+            &server,
+            &format!("{method} {path} HTTP/1.1\r\n{auth}Content-Length: 0\r\n"),
+        );
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(
+            head.lines().any(|l| l == format!("allow: {allow}")),
+            "{method} {path}: {head}"
+        );
+    }
+}

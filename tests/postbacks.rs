@@ -928,3 +928,67 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_repeated_token_or_mapped_field_in_a_get_postback_is_malformed() {
+    let server = start();
+    let api = setup(&server).await;
+    let net = add_network(&server, "rep", &["--preset", "keitaro"]);
+    let cid = click(&api, "spring").await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("token", &net.token),
+                ("token", "wrong"),
+            ],
+            "token",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("token", "wrong"),
+                ("token", &net.token),
+            ],
+            "token",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("subid", "other"),
+                ("tid", "R1"),
+                ("token", &net.token),
+            ],
+            "subid",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("tid", "R2"),
+                ("token", &net.token),
+            ],
+            "tid",
+        ),
+    ];
+    for (pairs, field) in cases {
+        let got = get_pb(&api, "rep", &q(pairs)).await;
+        assert_eq!(result(&got), (400, "malformed"), "{pairs:?}: {}", got.1);
+        assert_eq!(got.1["field"], field, "{}", got.1);
+    }
+    let status = q(&[
+        ("subid", &cid),
+        ("tid", "R1"),
+        ("status", "sale"),
+        ("status", "rejected"),
+        ("token", &net.token),
+    ]);
+    let got = get_pb(&api, "rep", &status).await;
+    assert_eq!(result(&got), (400, "malformed"), "{}", got.1);
+    assert_eq!(got.1["field"], "status");
+    // Nothing above counted; the same postback once is accepted.
+    let once = q(&[("subid", &cid), ("tid", "R1"), ("token", &net.token)]);
+    assert_eq!(result(&get_pb(&api, "rep", &once).await), (200, "accepted"));
+}

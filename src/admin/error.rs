@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The `Allow` header of a 405: the methods the resource takes.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -39,12 +42,16 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed() -> ApiError {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this resource",
-        )
+    /// 405, with `allow` (e.g. `"GET, POST"`) as its `Allow` header.
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        ApiError {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method not allowed on this resource; allowed: {allow}"),
+            )
+        }
     }
 
     pub fn invalid_json(detail: impl std::fmt::Display) -> ApiError {
@@ -87,8 +94,14 @@ impl ApiError {
         struct Answer {
             error: ErrorBody,
         }
+        let allow = self.allow;
         let (status, error) = self.into_parts();
-        json_response(status, &Answer { error })
+        let mut resp = json_response(status, &Answer { error });
+        if let Some(allow) = allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
     }
 }
 

@@ -163,7 +163,7 @@ fn only_get(method: &Method) -> Result<(), ApiError> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed())
+        Err(ApiError::method_not_allowed("GET, HEAD"))
     }
 }
 
@@ -216,8 +216,18 @@ impl Admin {
             (["reconciliation"], &Method::GET) => {
                 ("reconciliation", admin.reconciliation(who, q).map(ok_json))
             }
-            (["links"] | ["links", _] | ["links", _, "stats"] | ["reconciliation"], _) => {
-                ("v1", Err(ApiError::method_not_allowed()))
+            (["links"], _) => ("v1", Err(ApiError::method_not_allowed("GET, POST"))),
+            // POST is the batch call; the others are a link coded `batch`.
+            (["links", "batch"], _) => (
+                "v1",
+                Err(ApiError::method_not_allowed("GET, POST, PATCH, DELETE")),
+            ),
+            (["links", _], _) => (
+                "v1",
+                Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
+            ),
+            (["links", _, "stats"] | ["reconciliation"], _) => {
+                ("v1", Err(ApiError::method_not_allowed("GET")))
             }
             _ => ("v1", Err(ApiError::not_found("route"))),
         }

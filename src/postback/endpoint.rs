@@ -147,8 +147,11 @@ where
             return bad_auth("token (GET) postbacks are not enabled for this network");
         }
         let query = req.uri().query().unwrap_or("");
-        let Ok(Some(token)) = Query(query).get_value(TOKEN_PARAM) else {
-            return bad_auth("the `token` parameter is missing");
+        let token = match Query(query).get_value(TOKEN_PARAM) {
+            Ok(Some(token)) => token,
+            Ok(None) => return bad_auth("the `token` parameter is missing"),
+            // Given twice: malformed, whichever of the two is right.
+            Err(e) => return malformed(e),
         };
         if !network.token_matches(&token) {
             return bad_auth("the token does not match");
