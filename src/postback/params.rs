@@ -186,6 +186,14 @@ pub fn extract_with(
         Some(v) => Decimal::parse(&v)
             .map_err(|e| err(&map.payout, format!("must be a decimal string: {e}")))?,
     };
+    // Money taken back is a reversal; any other status with a negative
+    // amount would count as negative revenue.
+    if payout.is_negative() && status != Status::Reversed {
+        return Err(err(
+            &map.payout,
+            "must not be negative unless the status is reversed",
+        ));
+    }
     let currency = match get(&map.currency)? {
         None => default_currency.to_owned(),
         Some(v) => normalize_currency(&v)
@@ -298,6 +306,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "payout");
+    }
+
+    #[test]
+    fn a_negative_payout_is_refused_unless_the_status_is_reversed() {
+        for st in ["sale", "pending", "rejected"] {
+            let e = run(
+                &keitaro(),
+                &format!("subid=a&tid=1&status={st}&payout=-83.50"),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "payout", "{st}");
+            assert!(e.reason.contains("reversed"), "{}", e.reason);
+        }
+        let f = run(&keitaro(), "subid=a&tid=1&status=reversed&payout=-83.50").unwrap();
+        assert_eq!(
+            (f.status, f.payout.to_string().as_str()),
+            (Status::Reversed, "-83.50")
+        );
+        assert!(
+            run(&keitaro(), "subid=a&tid=1&payout=-0.00").is_ok(),
+            "minus zero is zero"
+        );
     }
 
     #[test]
