@@ -1330,3 +1330,44 @@ async fn every_admin_405_names_the_allowed_methods_in_allow() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_macro_that_could_make_up_the_registrable_domain_is_422_naming_the_rule() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    for dest in [
+        "https://{sub}/",
+        "https://{sub}.example/",
+        "https://%7Bsub%7D.example/",
+        "https://x{sub}.shop.example/",
+        "https://shop.{sub}.example/",
+    ] {
+        let got = api.post("/v1/links", json!({"destination": dest})).await;
+        assert_error(&got, 422, "invalid_destination");
+        let message = got.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("whole label") && message.contains("two fixed labels"),
+            "{message}"
+        );
+    }
+    // PATCH is held to the same rule.
+    api.link(json!({"code": "m", "destination": "https://{sub}.shop.example/"}))
+        .await;
+    let got = api
+        .patch("/v1/links/m", json!({"destination": "https://{sub}/"}))
+        .await;
+    assert_error(&got, 422, "invalid_destination");
+    // The shape that is allowed keeps a visitor under the operator's domain.
+    let r = client()
+        .get(server.edge_url("/m?sub=evil.example"))
+        .header("user-agent", BROWSER_UA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://evil.example.shop.example/"),
+        "{location}"
+    );
+}
