@@ -252,6 +252,10 @@ pub async fn serve(
             min_bytes_per_sec: config.admin.min_body_bytes_per_sec,
         },
         request_timeout: config.admin.request_timeout,
+        conflicts: crate::admin::conflicts::ConflictBudget::new(
+            config.admin.code_conflicts.per_sec,
+            config.admin.code_conflicts.burst.get(),
+        ),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;

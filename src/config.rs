@@ -137,6 +137,8 @@ pub struct AdminConfig {
     /// Deadline and minimum rate for an admin request body.
     pub body_read_timeout: Duration,
     pub min_body_bytes_per_sec: u64,
+    /// Per tenant: custom codes that may turn out taken by another tenant.
+    pub code_conflicts: BucketConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -367,6 +369,8 @@ struct RawAdmin {
     request_timeout_ms: u64,
     body_read_timeout_ms: u64,
     min_body_bytes_per_sec: u64,
+    code_conflicts_per_sec: f64,
+    code_conflicts_burst: u32,
 }
 
 #[derive(Deserialize)]
@@ -547,6 +551,12 @@ impl Config {
                 raw.admin.body_read_timeout_ms,
             )?,
             min_body_bytes_per_sec: raw.admin.min_body_bytes_per_sec,
+            code_conflicts: bucket(
+                "admin.code_conflicts_per_sec",
+                raw.admin.code_conflicts_per_sec,
+                "admin.code_conflicts_burst",
+                raw.admin.code_conflicts_burst,
+            )?,
         };
         if !(7..=64).contains(&raw.links.random_code_len) {
             return Err(invalid("links.random_code_len", "must be between 7 and 64"));
@@ -748,21 +758,28 @@ fn parse_cidrs(key: &'static str, list: &[String]) -> Result<Vec<IpNet>, ConfigE
         .collect()
 }
 
+/// One token bucket's two keys, checked.
+fn bucket(
+    rate_key: &'static str,
+    per_sec: f64,
+    burst_key: &'static str,
+    burst: u32,
+) -> Result<BucketConfig, ConfigError> {
+    // Below one per hour a bucket never refills in practice; above 1e6
+    // per client the limiter is pointless: both are typos.
+    if !(per_sec.is_finite() && (1.0 / 3600.0..=1e6).contains(&per_sec)) {
+        return Err(invalid(
+            rate_key,
+            "must be between 0.0003 (1/h) and 1000000",
+        ));
+    }
+    let burst = NonZeroU32::new(burst)
+        .filter(|b| b.get() <= 10_000_000)
+        .ok_or_else(|| invalid(burst_key, "must be between 1 and 10000000"))?;
+    Ok(BucketConfig { per_sec, burst })
+}
+
 fn validate_rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
-    let bucket = |rate_key: &'static str, per_sec: f64, burst_key: &'static str, burst: u32| {
-        // Below one per hour a bucket never refills in practice; above 1e6
-        // per client the limiter is pointless: both are typos.
-        if !(per_sec.is_finite() && (1.0 / 3600.0..=1e6).contains(&per_sec)) {
-            return Err(invalid(
-                rate_key,
-                "must be between 0.0003 (1/h) and 1000000",
-            ));
-        }
-        let burst = NonZeroU32::new(burst)
-            .filter(|b| b.get() <= 10_000_000)
-            .ok_or_else(|| invalid(burst_key, "must be between 1 and 10000000"))?;
-        Ok(BucketConfig { per_sec, burst })
-    };
     Ok(RateLimitConfig {
         enabled: raw.enabled,
         redirect: bucket(
@@ -1087,6 +1104,9 @@ mod tests {
         let a = Config::from_toml("").unwrap().admin;
         assert_eq!(a.body_read_timeout, Duration::from_secs(10));
         assert!(err_of("[admin]\nbody_read_timeout_ms = 0").contains("admin.body_read_timeout_ms"));
+        assert_eq!(a.code_conflicts.per_sec, 0.5);
+        assert_eq!(a.code_conflicts.burst.get(), 20);
+        assert!(err_of("[admin]\ncode_conflicts_burst = 0").contains("admin.code_conflicts_burst"));
         let edge = |body: &str| err_of(&format!("[edge]\n{body}"));
         for key in [
             "max_request_target_bytes",

@@ -1371,3 +1371,80 @@ async fn a_macro_that_could_make_up_the_registrable_domain_is_422_naming_the_rul
         "{location}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_finds_only_a_budget_of_other_tenants_codes_taken_then_gets_429_unlooked() {
+    let server = Server::start_with(&[
+        ("CLICKEDGE_ADMIN__CODE_CONFLICTS_BURST", "5"),
+        ("CLICKEDGE_ADMIN__CODE_CONFLICTS_PER_SEC", "0.001"),
+    ]);
+    let owner = Api::new(&server, server.token("owner"));
+    let prober = Api::new(&server, server.token("prober"));
+    let link = |code: String| json!({"code": code, "destination": "https://x.example/"});
+    let taken: Vec<Value> = (0..10).map(|i| link(format!("secret-{i}"))).collect();
+    let (status, v) = owner.post("/v1/links/batch", json!({"links": taken})).await;
+    assert_eq!(status, 200, "{v}");
+
+    // 10 of the owner's codes, then 10 free ones, in one batch of guesses.
+    let mut guesses: Vec<Value> = (0..10).map(|i| link(format!("secret-{i}"))).collect();
+    guesses.extend((0..10).map(|i| link(format!("free-{i}"))));
+    let (status, v) = prober
+        .post("/v1/links/batch", json!({"links": guesses}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    // The first 5 conflicts are answered; after them nothing is looked up:
+    // taken and free codes alike are 429.
+    assert_eq!(statuses[..5], [409; 5], "{v}");
+    assert!(statuses[5..].iter().all(|&s| s == 429), "{statuses:?}");
+    assert_eq!(
+        v["results"][19]["error"]["code"], "too_many_conflicts",
+        "{v}"
+    );
+    // A single create is refused the same way, with Retry-After, and a
+    // random code is still created.
+    let r = prober
+        .http
+        .post(server.admin_url("/v1/links"))
+        .bearer_auth(&prober.token)
+        .json(&link("free-x".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    prober
+        .link(json!({"destination": "https://x.example/"}))
+        .await;
+    // The owner's own codes cost the owner nothing; admin tokens are free.
+    for _ in 0..10 {
+        let got = owner.post("/v1/links", link("secret-0".into())).await;
+        assert_error(&got, 409, "code_taken");
+    }
+    let admin = Api::new(&server, server.token("*"));
+    for _ in 0..10 {
+        let got = admin.post("/v1/links", link("secret-1".into())).await;
+        assert_error(&got, 409, "code_taken");
+    }
+    let metrics = server.metrics_text().await;
+    let value = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("clickedge_admin_code_conflicts_total") && l.contains(outcome))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(value("taken_by_other_tenant"), Some(5), "{metrics}");
+    assert_eq!(value("\"refused\""), Some(16), "{metrics}");
+}

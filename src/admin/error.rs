@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// The `Allow` header of a 405: the methods the resource takes.
     pub allow: Option<&'static str>,
+    /// The `Retry-After` header (seconds) of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -94,12 +97,16 @@ impl ApiError {
         struct Answer {
             error: ErrorBody,
         }
-        let allow = self.allow;
+        let (allow, retry_after) = (self.allow, self.retry_after);
         let (status, error) = self.into_parts();
         let mut resp = json_response(status, &Answer { error });
         if let Some(allow) = allow {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -5,6 +5,7 @@
 //! request deadline), and errors in one JSON shape (`error.rs`).
 
 pub mod auth;
+pub mod conflicts;
 pub mod error;
 pub mod links;
 pub mod reconciliation;
@@ -37,6 +38,8 @@ pub struct Admin {
     /// Request bodies: size cap, deadline and minimum rate.
     pub body: crate::body::BodyLimits,
     pub request_timeout: Duration,
+    /// Per-tenant budget of custom codes found taken by other tenants.
+    pub conflicts: conflicts::ConflictBudget,
 }
 
 /// What the admin API reads in full mode.
