@@ -1621,7 +1621,7 @@ async fn slow_body_postbacks_from_one_client_never_stop_redirects_and_are_cut_at
             _ => panic!("a slow postback got {reply:?}"),
         }
     }
-    assert!(cut >= 1 && cut <= 4, "at most the postback slots: {cut}");
+    assert!((1..=4).contains(&cut), "at most the postback slots: {cut}");
     assert_eq!(cut + shed, 24);
     assert!(metric_value(&f, "clickedge_postbacks_shed_total", &[]).await >= Some(1));
     assert!(
