@@ -1102,7 +1102,7 @@ mod tests {
         assert_eq!(e.body_read_timeout, Duration::from_secs(3));
         assert_eq!(e.min_body_bytes_per_sec, 1024);
         let a = Config::from_toml("").unwrap().admin;
-        assert_eq!(a.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(a.body_read_timeout, Duration::from_secs(5));
         assert!(err_of("[admin]\nbody_read_timeout_ms = 0").contains("admin.body_read_timeout_ms"));
         assert_eq!(a.code_conflicts.per_sec, 0.5);
         assert_eq!(a.code_conflicts.burst.get(), 20);
