@@ -233,6 +233,7 @@ pub async fn serve(
         limiter: limiter.clone(),
         max_request_target_bytes: config.edge.max_request_target_bytes,
         in_flight: InFlightLimit::new(config.edge.max_in_flight),
+        postback_in_flight: InFlightLimit::new(config.edge.postback_max_in_flight),
         https_redirect,
         postbacks: Some(postbacks.clone()),
     });
@@ -245,7 +246,11 @@ pub async fn serve(
         metrics: metrics.clone(),
         public_url: config.edge.public_url.clone(),
         default_redirect: config.links.default_redirect,
-        max_body_bytes: config.admin.max_body_bytes,
+        body: crate::body::BodyLimits {
+            max_bytes: config.admin.max_body_bytes,
+            timeout: config.admin.body_read_timeout,
+            min_bytes_per_sec: config.admin.min_body_bytes_per_sec,
+        },
         request_timeout: config.admin.request_timeout,
         console_sessions: Default::default(),
         networks: Some(crate::admin::NetworkAdmin {
@@ -254,6 +259,10 @@ pub async fn serve(
             sealer: crate::postback::sealed::Sealer::new(&master),
             rotation_grace: config.postback.rotation_grace,
         }),
+        conflicts: crate::admin::conflicts::ConflictBudget::new(
+            config.admin.code_conflicts.per_sec,
+            config.admin.code_conflicts.burst.get(),
+        ),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;

@@ -83,6 +83,12 @@ pub struct EdgeConfig {
     pub h2_max_local_error_reset_streams: usize,
     /// Requests in flight on the edge beyond this get 503 at once.
     pub max_in_flight: usize,
+    /// Postbacks in flight, a pool of their own (not counted in
+    /// `max_in_flight`), so slow postbacks cannot starve redirects.
+    pub postback_max_in_flight: usize,
+    /// Deadline and minimum rate for every request body read on the edge.
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_sec: u64,
     pub tls: Option<TlsConfig>,
     pub rate_limit: RateLimitConfig,
 }
@@ -128,6 +134,11 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Deadline and minimum rate for an admin request body.
+    pub body_read_timeout: Duration,
+    pub min_body_bytes_per_sec: u64,
+    /// Per tenant: custom codes that may turn out taken by another tenant.
+    pub code_conflicts: BucketConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +327,9 @@ struct RawEdge {
     h2_max_reset_streams: usize,
     h2_max_local_error_reset_streams: usize,
     max_in_flight: usize,
+    postback_max_in_flight: usize,
+    body_read_timeout_ms: u64,
+    min_body_bytes_per_sec: u64,
     #[serde(default)]
     tls: Option<RawTls>,
     rate_limit: RawRateLimit,
@@ -353,6 +367,10 @@ struct RawAdmin {
     listen: String,
     max_body_bytes: usize,
     request_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    min_body_bytes_per_sec: u64,
+    code_conflicts_per_sec: f64,
+    code_conflicts_burst: u32,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +546,17 @@ impl Config {
             listen: parse_addr("admin.listen", &raw.admin.listen)?,
             max_body_bytes: at_least("admin.max_body_bytes", raw.admin.max_body_bytes, 1024)?,
             request_timeout: millis("admin.request_timeout_ms", raw.admin.request_timeout_ms)?,
+            body_read_timeout: millis(
+                "admin.body_read_timeout_ms",
+                raw.admin.body_read_timeout_ms,
+            )?,
+            min_body_bytes_per_sec: raw.admin.min_body_bytes_per_sec,
+            code_conflicts: bucket(
+                "admin.code_conflicts_per_sec",
+                raw.admin.code_conflicts_per_sec,
+                "admin.code_conflicts_burst",
+                raw.admin.code_conflicts_burst,
+            )?,
         };
         if !(7..=64).contains(&raw.links.random_code_len) {
             return Err(invalid("links.random_code_len", "must be between 7 and 64"));
@@ -706,6 +735,13 @@ fn validate_edge(raw: RawEdge) -> Result<EdgeConfig, ConfigError> {
             1,
         )?,
         max_in_flight: at_least("edge.max_in_flight", raw.max_in_flight, 1)?,
+        postback_max_in_flight: at_least(
+            "edge.postback_max_in_flight",
+            raw.postback_max_in_flight,
+            1,
+        )?,
+        body_read_timeout: millis("edge.body_read_timeout_ms", raw.body_read_timeout_ms)?,
+        min_body_bytes_per_sec: raw.min_body_bytes_per_sec,
         tls: raw.tls.map(validate_tls).transpose()?,
         rate_limit: validate_rate_limit(raw.rate_limit)?,
     })
@@ -722,21 +758,28 @@ fn parse_cidrs(key: &'static str, list: &[String]) -> Result<Vec<IpNet>, ConfigE
         .collect()
 }
 
+/// One token bucket's two keys, checked.
+fn bucket(
+    rate_key: &'static str,
+    per_sec: f64,
+    burst_key: &'static str,
+    burst: u32,
+) -> Result<BucketConfig, ConfigError> {
+    // Below one per hour a bucket never refills in practice; above 1e6
+    // per client the limiter is pointless: both are typos.
+    if !(per_sec.is_finite() && (1.0 / 3600.0..=1e6).contains(&per_sec)) {
+        return Err(invalid(
+            rate_key,
+            "must be between 0.0003 (1/h) and 1000000",
+        ));
+    }
+    let burst = NonZeroU32::new(burst)
+        .filter(|b| b.get() <= 10_000_000)
+        .ok_or_else(|| invalid(burst_key, "must be between 1 and 10000000"))?;
+    Ok(BucketConfig { per_sec, burst })
+}
+
 fn validate_rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
-    let bucket = |rate_key: &'static str, per_sec: f64, burst_key: &'static str, burst: u32| {
-        // Below one per hour a bucket never refills in practice; above 1e6
-        // per client the limiter is pointless: both are typos.
-        if !(per_sec.is_finite() && (1.0 / 3600.0..=1e6).contains(&per_sec)) {
-            return Err(invalid(
-                rate_key,
-                "must be between 0.0003 (1/h) and 1000000",
-            ));
-        }
-        let burst = NonZeroU32::new(burst)
-            .filter(|b| b.get() <= 10_000_000)
-            .ok_or_else(|| invalid(burst_key, "must be between 1 and 10000000"))?;
-        Ok(BucketConfig { per_sec, burst })
-    };
     Ok(RateLimitConfig {
         enabled: raw.enabled,
         redirect: bucket(
@@ -1055,6 +1098,15 @@ mod tests {
         assert_eq!(e.h2_max_concurrent_streams, 256);
         assert_eq!(e.h2_max_reset_streams, 64);
         assert_eq!(e.max_in_flight, 10_000);
+        assert_eq!(e.postback_max_in_flight, 1000);
+        assert_eq!(e.body_read_timeout, Duration::from_secs(3));
+        assert_eq!(e.min_body_bytes_per_sec, 1024);
+        let a = Config::from_toml("").unwrap().admin;
+        assert_eq!(a.body_read_timeout, Duration::from_secs(5));
+        assert!(err_of("[admin]\nbody_read_timeout_ms = 0").contains("admin.body_read_timeout_ms"));
+        assert_eq!(a.code_conflicts.per_sec, 0.5);
+        assert_eq!(a.code_conflicts.burst.get(), 20);
+        assert!(err_of("[admin]\ncode_conflicts_burst = 0").contains("admin.code_conflicts_burst"));
         let edge = |body: &str| err_of(&format!("[edge]\n{body}"));
         for key in [
             "max_request_target_bytes",
@@ -1063,6 +1115,8 @@ mod tests {
             "h2_max_reset_streams",
             "h2_max_local_error_reset_streams",
             "max_in_flight",
+            "postback_max_in_flight",
+            "body_read_timeout_ms",
         ] {
             assert!(
                 edge(&format!("{key} = 0")).contains(&format!("edge.{key}")),

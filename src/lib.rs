@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod background;
+pub mod body;
 pub mod clicklog;
 pub mod clicks;
 pub mod config;

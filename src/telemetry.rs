@@ -37,6 +37,9 @@ pub const POSTBACK_VERIFY: &str = "clickedge_postback_verify_duration_seconds";
 pub const POSTBACK_LEDGER_ERRORS: &str = "clickedge_postback_ledger_errors_total";
 pub const H2_RESET_LIMIT: &str = "clickedge_h2_reset_limit_total";
 pub const REQUESTS_SHED: &str = "clickedge_requests_shed_total";
+pub const POSTBACKS_SHED: &str = "clickedge_postbacks_shed_total";
+pub const BODY_READS_REFUSED: &str = "clickedge_body_reads_refused_total";
+pub const ADMIN_CODE_CONFLICTS: &str = "clickedge_admin_code_conflicts_total";
 pub const RATE_LIMITED: &str = "clickedge_rate_limited_total";
 pub const RATE_LIMIT_OVERFLOW: &str = "clickedge_rate_limit_overflow_total";
 pub const RATE_LIMIT_KEYS: &str = "clickedge_rate_limit_keys";
@@ -104,6 +107,21 @@ fn describe_and_zero() {
         "Link-table publications (each admin change is one)."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open connections, by listener.");
+    describe_counter!(
+        POSTBACKS_SHED,
+        "Postbacks answered 503 at once because edge.postback_max_in_flight were in flight (their own pool: redirects are not affected)."
+    );
+    describe_counter!(
+        ADMIN_CODE_CONFLICTS,
+        "Tenant custom codes found taken by another tenant (outcome=taken_by_other_tenant, charged to the tenant's admin.code_conflicts budget) and custom codes refused 429 unlooked because that budget was spent (outcome=refused)."
+    );
+    for outcome in ["taken_by_other_tenant", "refused"] {
+        counter!(ADMIN_CODE_CONFLICTS, "outcome" => outcome).absolute(0);
+    }
+    describe_counter!(
+        BODY_READS_REFUSED,
+        "Request bodies refused while being read, by listener and why (too_large, timeout, too_slow, unreadable)."
+    );
     describe_counter!(
         CONNECTIONS_REJECTED,
         "Connections closed at once because the listener was at max_connections."
@@ -234,6 +252,8 @@ pub struct EdgeMetrics {
     pub rate_limited: Counter,
     pub uri_too_long: Counter,
     pub shed: Counter,
+    /// Postbacks refused because their own pool was full.
+    pub postback_shed: Counter,
     pub https_redirect: Counter,
     pub duration: Histogram,
 }
@@ -258,6 +278,11 @@ impl EdgeMetrics {
             uri_too_long: c("redirect", "414"),
             shed: {
                 let shed = counter!(REQUESTS_SHED);
+                shed.absolute(0);
+                shed
+            },
+            postback_shed: {
+                let shed = counter!(POSTBACKS_SHED);
                 shed.absolute(0);
                 shed
             },
@@ -304,6 +329,20 @@ impl RateLimitMetrics {
 pub fn admin_request(route: &'static str, status: u16) {
     counter!(HTTP_REQUESTS, "listener" => "admin", "route" => route, "status" => status.to_string())
         .increment(1);
+}
+
+/// Custom codes of a tenant taken by another tenant, or refused unlooked
+/// because the tenant's conflict budget was spent.
+pub fn admin_code_conflicts(outcome: &'static str, n: usize) {
+    if n > 0 {
+        counter!(ADMIN_CODE_CONFLICTS, "outcome" => outcome).increment(n as u64);
+    }
+}
+
+/// A request body was refused while being read (`why`: the
+/// `body::BodyError` kind).
+pub fn body_read_refused(listener: &'static str, why: &'static str) {
+    counter!(BODY_READS_REFUSED, "listener" => listener, "why" => why).increment(1);
 }
 
 pub fn connection_opened(listener: &'static str) {

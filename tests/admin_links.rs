@@ -1267,3 +1267,184 @@ async fn stats_ranges_accept_dates_and_rfc3339_and_refuse_bad_values() {
         assert_error(&got, 400, "invalid_query");
     }
 }
+
+/// A raw admin request (every header line as given); status, head, body.
+fn admin_raw_blocking(server: &Server, head: &str) -> (u16, String, Value) {
+    let mut s = std::net::TcpStream::connect(server.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{head}Host: admin.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (h, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = h.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, h.to_ascii_lowercase(), json)
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_400_whichever_comes_first() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    let good = format!("Authorization: Bearer {}\r\n", api.token);
+    let bad = "Authorization: Bearer not-a-token\r\n";
+    for (first, second) in [
+        (good.as_str(), bad),
+        (bad, good.as_str()),
+        (good.as_str(), good.as_str()),
+    ] {
+        let (status, _, body) = admin_raw_blocking(
+            &server,
+            &format!("GET /v1/links HTTP/1.1\r\n{first}{second}"),
+        );
+        assert_eq!(status, 400, "{first}{second}: {body}");
+        assert_eq!(body["error"]["code"], "duplicate_header", "{body}");
+        assert_error_shape(&body);
+    }
+    let (status, _, _) = admin_raw_blocking(&server, &format!("GET /v1/links HTTP/1.1\r\n{good}"));
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_admin_405_names_the_allowed_methods_in_allow() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    api.link(json!({"code": "r", "destination": "https://x.example/"}))
+        .await;
+    let auth = format!("Authorization: Bearer {}\r\n", api.token);
+    for (method, path, allow) in [
+        ("PUT", "/v1/links", "get, post"),
+        ("PUT", "/v1/links/r", "get, patch, delete"),
+        ("POST", "/v1/links/r/stats", "get"),
+        ("DELETE", "/v1/reconciliation", "get"),
+        ("POST", "/healthz", "get, head"),
+        ("PUT", "/metrics", "get, head"),
+    ] {
+        let (status, head, body) = admin_raw_blocking(
+            &server,
+            &format!("{method} {path} HTTP/1.1\r\n{auth}Content-Length: 0\r\n"),
+        );
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(
+            head.lines().any(|l| l == format!("allow: {allow}")),
+            "{method} {path}: {head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_macro_that_could_make_up_the_registrable_domain_is_422_naming_the_rule() {
+    let server = Server::start();
+    let api = setup(&server).await;
+    for dest in [
+        "https://{sub}/",
+        "https://{sub}.example/",
+        "https://%7Bsub%7D.example/",
+        "https://x{sub}.shop.example/",
+        "https://shop.{sub}.example/",
+    ] {
+        let got = api.post("/v1/links", json!({"destination": dest})).await;
+        assert_error(&got, 422, "invalid_destination");
+        let message = got.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("whole label") && message.contains("two fixed labels"),
+            "{message}"
+        );
+    }
+    // PATCH is held to the same rule.
+    api.link(json!({"code": "m", "destination": "https://{sub}.shop.example/"}))
+        .await;
+    let got = api
+        .patch("/v1/links/m", json!({"destination": "https://{sub}/"}))
+        .await;
+    assert_error(&got, 422, "invalid_destination");
+    // The shape that is allowed keeps a visitor under the operator's domain.
+    let r = client()
+        .get(server.edge_url("/m?sub=evil.example"))
+        .header("user-agent", BROWSER_UA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://evil.example.shop.example/"),
+        "{location}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_finds_only_a_budget_of_other_tenants_codes_taken_then_gets_429_unlooked() {
+    let server = Server::start_with(&[
+        ("CLICKEDGE_ADMIN__CODE_CONFLICTS_BURST", "5"),
+        ("CLICKEDGE_ADMIN__CODE_CONFLICTS_PER_SEC", "0.001"),
+    ]);
+    let owner = Api::new(&server, server.token("owner"));
+    let prober = Api::new(&server, server.token("prober"));
+    let link = |code: String| json!({"code": code, "destination": "https://x.example/"});
+    let taken: Vec<Value> = (0..10).map(|i| link(format!("secret-{i}"))).collect();
+    let (status, v) = owner.post("/v1/links/batch", json!({"links": taken})).await;
+    assert_eq!(status, 200, "{v}");
+
+    // 10 of the owner's codes, then 10 free ones, in one batch of guesses.
+    let mut guesses: Vec<Value> = (0..10).map(|i| link(format!("secret-{i}"))).collect();
+    guesses.extend((0..10).map(|i| link(format!("free-{i}"))));
+    let (status, v) = prober
+        .post("/v1/links/batch", json!({"links": guesses}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    // The first 5 conflicts are answered; after them nothing is looked up:
+    // taken and free codes alike are 429.
+    assert_eq!(statuses[..5], [409; 5], "{v}");
+    assert!(statuses[5..].iter().all(|&s| s == 429), "{statuses:?}");
+    assert_eq!(
+        v["results"][19]["error"]["code"], "too_many_conflicts",
+        "{v}"
+    );
+    // A single create is refused the same way, with Retry-After, and a
+    // random code is still created.
+    let r = prober
+        .http
+        .post(server.admin_url("/v1/links"))
+        .bearer_auth(&prober.token)
+        .json(&link("free-x".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    prober
+        .link(json!({"destination": "https://x.example/"}))
+        .await;
+    // The owner's own codes cost the owner nothing; admin tokens are free.
+    for _ in 0..10 {
+        let got = owner.post("/v1/links", link("secret-0".into())).await;
+        assert_error(&got, 409, "code_taken");
+    }
+    let admin = Api::new(&server, server.token("*"));
+    for _ in 0..10 {
+        let got = admin.post("/v1/links", link("secret-1".into())).await;
+        assert_error(&got, 409, "code_taken");
+    }
+    let metrics = server.metrics_text().await;
+    let value = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("clickedge_admin_code_conflicts_total") && l.contains(outcome))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(value("taken_by_other_tenant"), Some(5), "{metrics}");
+    assert_eq!(value("\"refused\""), Some(16), "{metrics}");
+}

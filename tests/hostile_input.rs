@@ -1516,3 +1516,178 @@ async fn an_idle_connection_is_closed_after_idle_timeout_ms_not_the_head_deadlin
     );
     f.finish().await;
 }
+
+// ---- slow bodies ---------------------------------------------------------------------------
+
+/// `clickedge network add NAME`; waits until the edge knows it (a PUT on
+/// its path is 405, not 404). Returns the secret.
+fn add_network(f: &Fixture, name: &str) -> String {
+    let out = f.server.cli(&["network", "add", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let put = format!("PUT /_postback/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let deadline = Instant::now() + DISCONNECT_BOUND;
+    while exchange(f.server.edge, put.as_bytes()).status() != Some(405) {
+        assert!(
+            Instant::now() < deadline,
+            "network {name} never became live"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    v["secret"].as_str().unwrap().to_owned()
+}
+
+/// A signed postback head announcing a 1000-byte body, and one body byte.
+fn slow_postback(network: &str, secret: &str) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{{").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    format!(
+        "POST /_postback/{network} HTTP/1.1\r\nHost: edge.test\r\nContent-Type: application/json\r\n\
+         X-Clickedge-Signature: t={t},v1={sig}\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn slow_body_postbacks_from_one_client_never_stop_redirects_and_are_cut_at_the_deadline() {
+    // A tiny instance: 4 redirect slots, 4 postback slots, 1.5 s for a
+    // body (the deadline alone: no rate check).
+    let f = Fixture::start_with(&[
+        ("CLICKEDGE_EDGE__MAX_IN_FLIGHT", "4"),
+        ("CLICKEDGE_EDGE__POSTBACK_MAX_IN_FLIGHT", "4"),
+        ("CLICKEDGE_EDGE__BODY_READ_TIMEOUT_MS", "1500"),
+        ("CLICKEDGE_EDGE__MIN_BODY_BYTES_PER_SEC", "0"),
+    ])
+    .await;
+    let secret = add_network(&f, "slowpb");
+    // Far more slow postbacks than slots, all from one client, all held.
+    let mut held: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let mut s = connect(f.server.edge);
+            s.write_all(&slow_postback("slowpb", &secret)).unwrap();
+            s
+        })
+        .collect();
+    // Meanwhile redirects run at full speed (as many at once as there are
+    // redirect slots): not one of them may fail.
+    let http = client();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let http = http.clone();
+        let url = f.server.edge_url(&format!("/{CODE}"));
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                let r = http.get(&url).header("user-agent", BROWSER_UA).send().await;
+                statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+            }
+            statuses
+        }));
+    }
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert!(
+            statuses.iter().all(|&s| s == 302),
+            "a redirect failed while postbacks were held: {statuses:?}"
+        );
+    }
+    // Every held postback is answered: 400 `malformed` (field `body`,
+    // deadline named) for those that got a slot, 503 for the rest.
+    let (mut cut, mut shed) = (0, 0);
+    for s in &mut held {
+        let reply = read_reply(s, DISCONNECT_BOUND);
+        match reply.status() {
+            Some(400) => {
+                let v = reply_json(&reply);
+                assert_eq!(v["result"], "malformed", "{v}");
+                assert_eq!(v["field"], "body", "{v}");
+                assert!(
+                    v["reason"].as_str().unwrap().contains("within 1500 ms"),
+                    "{v}"
+                );
+                cut += 1;
+            }
+            Some(503) => shed += 1,
+            _ => panic!("a slow postback got {reply:?}"),
+        }
+    }
+    assert!((1..=4).contains(&cut), "at most the postback slots: {cut}");
+    assert_eq!(cut + shed, 24);
+    assert!(metric_value(&f, "clickedge_postbacks_shed_total", &[]).await >= Some(1));
+    assert!(
+        metric_value(
+            &f,
+            "clickedge_body_reads_refused_total",
+            &["why=\"timeout\""]
+        )
+        .await
+            >= Some(cut)
+    );
+    // The slots came back: a postback with a whole body is answered again.
+    let reply = exchange(f.server.edge, &slow_postback("slowpb", &secret)[..]);
+    assert!(reply.status().is_some(), "{reply:?}");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_postback_body_trickling_below_the_minimum_rate_is_cut_before_the_deadline() {
+    let f = Fixture::start_with(&[
+        ("CLICKEDGE_EDGE__BODY_READ_TIMEOUT_MS", "60000"),
+        ("CLICKEDGE_EDGE__MIN_BODY_BYTES_PER_SEC", "100"),
+    ])
+    .await;
+    let secret = add_network(&f, "drip");
+    let mut s = connect(f.server.edge);
+    s.write_all(&slow_postback("drip", &secret)).unwrap();
+    // One byte every 200 ms: 5 bytes/s against 100 required.
+    let mut reply = None;
+    for _ in 0..100 {
+        if s.write_all(b" ").is_err() {
+            break;
+        }
+        let r = read_reply(&mut s, Duration::from_millis(200));
+        if r.status().is_some() {
+            reply = Some(r);
+            break;
+        }
+    }
+    let reply = reply.expect("the trickling body was never cut");
+    assert_eq!(reply.status(), Some(400), "{reply:?}");
+    let v = reply_json(&reply);
+    assert_eq!(v["field"], "body", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("slower than 100 bytes/s"),
+        "{v}"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn an_admin_body_that_never_arrives_is_408_body_timeout() {
+    let f = Fixture::start_with(&[("CLICKEDGE_ADMIN__BODY_READ_TIMEOUT_MS", "500")]).await;
+    let mut s = connect(f.server.admin);
+    write!(
+        s,
+        "POST /v1/links HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        f.token
+    )
+    .unwrap();
+    let reply = read_reply(&mut s, DISCONNECT_BOUND);
+    assert_eq!(reply.status(), Some(408), "{reply:?}");
+    assert_eq!(reply_json(&reply)["error"]["code"], "body_timeout");
+    f.finish().await;
+}

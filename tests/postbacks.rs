@@ -930,3 +930,168 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_repeated_token_or_mapped_field_in_a_get_postback_is_malformed() {
+    let server = start();
+    let api = setup(&server).await;
+    let net = add_network(&server, "rep", &["--preset", "keitaro"]);
+    let cid = click(&api, "spring").await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("token", &net.token),
+                ("token", "wrong"),
+            ],
+            "token",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("token", "wrong"),
+                ("token", &net.token),
+            ],
+            "token",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("subid", "other"),
+                ("tid", "R1"),
+                ("token", &net.token),
+            ],
+            "subid",
+        ),
+        (
+            &[
+                ("subid", &cid),
+                ("tid", "R1"),
+                ("tid", "R2"),
+                ("token", &net.token),
+            ],
+            "tid",
+        ),
+    ];
+    for (pairs, field) in cases {
+        let got = get_pb(&api, "rep", &q(pairs)).await;
+        assert_eq!(result(&got), (400, "malformed"), "{pairs:?}: {}", got.1);
+        assert_eq!(got.1["field"], field, "{}", got.1);
+    }
+    let status = q(&[
+        ("subid", &cid),
+        ("tid", "R1"),
+        ("status", "sale"),
+        ("status", "rejected"),
+        ("token", &net.token),
+    ]);
+    let got = get_pb(&api, "rep", &status).await;
+    assert_eq!(result(&got), (400, "malformed"), "{}", got.1);
+    assert_eq!(got.1["field"], "status");
+    // Nothing above counted; the same postback once is accepted.
+    let once = q(&[("subid", &cid), ("tid", "R1"), ("token", &net.token)]);
+    assert_eq!(result(&get_pb(&api, "rep", &once).await), (200, "accepted"));
+}
+
+#[tokio::test]
+async fn negative_payouts_need_a_reversal_and_occurred_at_must_be_plausible() {
+    let server = start();
+    let api = setup(&server).await;
+    let net = add_network(&server, "money", &["--preset", "keitaro"]);
+    let cid = click(&api, "spring").await;
+    let pb = |pairs: &[(&str, &str)]| {
+        let mut pairs = pairs.to_vec();
+        pairs.push(("token", &net.token));
+        q(&pairs)
+    };
+    // Negative revenue on an approved sale: refused, naming the payout.
+    let got = get_pb(
+        &api,
+        "money",
+        &pb(&[
+            ("subid", &cid),
+            ("tid", "N1"),
+            ("status", "sale"),
+            ("payout", "-83.50"),
+        ]),
+    )
+    .await;
+    assert_eq!(result(&got), (400, "malformed"), "{}", got.1);
+    assert_eq!(got.1["field"], "payout");
+    assert!(
+        got.1["reason"].as_str().unwrap().contains("reversed"),
+        "{}",
+        got.1
+    );
+    // A reversal may take money back.
+    let ok = get_pb(
+        &api,
+        "money",
+        &pb(&[
+            ("subid", &cid),
+            ("tid", "N1"),
+            ("status", "sale"),
+            ("payout", "83.50"),
+        ]),
+    )
+    .await;
+    assert_eq!(result(&ok), (200, "accepted"), "{}", ok.1);
+    let back = get_pb(
+        &api,
+        "money",
+        &pb(&[
+            ("subid", &cid),
+            ("tid", "N1"),
+            ("status", "reversed"),
+            ("payout", "-83.50"),
+        ]),
+    )
+    .await;
+    assert_eq!(result(&back), (200, "status_change"), "{}", back.1);
+
+    // A conversion an hour before its click, or an hour from now: each
+    // refused with a reason of its own, in the answer and the ledger.
+    let hour_ago = (now_s() - 3600).to_string();
+    let early = get_pb(
+        &api,
+        "money",
+        &pb(&[("subid", &cid), ("tid", "T1"), ("occurred_at", &hour_ago)]),
+    )
+    .await;
+    assert_eq!(result(&early), (422, "out_of_window"), "{}", early.1);
+    assert!(
+        early.1["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("before_click:"),
+        "{}",
+        early.1
+    );
+    let in_an_hour = (now_s() + 3600).to_string();
+    let future = get_pb(
+        &api,
+        "money",
+        &pb(&[("subid", &cid), ("tid", "T2"), ("occurred_at", &in_an_hour)]),
+    )
+    .await;
+    assert_eq!(result(&future), (422, "out_of_window"), "{}", future.1);
+    let reason = future.1["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("clock_skew:") && !reason.contains("older"),
+        "{reason}"
+    );
+    let ledger = std::fs::read_to_string(server.data_dir.join("postbacks.ledger")).unwrap();
+    assert!(ledger.contains("\"reason\":\"before_click:"), "{ledger}");
+    assert!(ledger.contains("\"reason\":\"clock_skew:"), "{ledger}");
+    // Now is fine.
+    let now = now_s().to_string();
+    let fine = get_pb(
+        &api,
+        "money",
+        &pb(&[("subid", &cid), ("tid", "T3"), ("occurred_at", &now)]),
+    )
+    .await;
+    assert_eq!(result(&fine), (200, "accepted"), "{}", fine.1);
+}

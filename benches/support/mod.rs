@@ -113,6 +113,7 @@ pub fn fixture(links: usize) -> Fixture {
         limiter,
         max_request_target_bytes: 8192,
         in_flight: InFlightLimit::new(10_000),
+        postback_in_flight: InFlightLimit::new(1000),
         https_redirect: None,
     };
     Fixture {

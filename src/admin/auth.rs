@@ -26,6 +26,19 @@ impl Principal {
 const MAX_TOKEN_LEN: usize = 256;
 
 pub fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    // Two credentials are ambiguous whichever would win: refused outright.
+    if headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            "duplicate_header",
+            "more than one `Authorization` header; send exactly one",
+        ));
+    }
     let value = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

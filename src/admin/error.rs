@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// `Allow` for a 405.
     pub allow: Option<HeaderValue>,
+    /// The `Retry-After` header (seconds) of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -92,11 +95,15 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let allow = self.allow.clone();
+        let (allow, retry_after) = (self.allow.clone(), self.retry_after);
         let (status, error) = self.into_parts();
         let mut resp = json_response(status, &ErrorAnswer { error });
         if let Some(allow) = allow {
             resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -254,12 +254,58 @@ impl Admin {
         let body: CreateBody = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
         let new = self.new_link(who, body)?;
         let rec = self
-            .store
-            .create_links(vec![new])
+            .create_within_budget(who, vec![new])
             .pop()
-            .expect("one result per link")
-            .map_err(store_error)?;
+            .expect("one result per link")?;
         Ok(self.view(rec))
+    }
+
+    /// Stores `new`, a tenant's custom codes held to its budget of codes
+    /// taken by other tenants (`conflicts.rs`); results in input order.
+    fn create_within_budget(
+        &self,
+        who: &Principal,
+        new: Vec<NewLink>,
+    ) -> Vec<Result<LinkRecord, ApiError>> {
+        let Some(tenant) = &who.tenant else {
+            // An admin token sees every link: nothing to learn here.
+            return self
+                .store
+                .create_links(new)
+                .into_iter()
+                .map(|r| r.map_err(store_error))
+                .collect();
+        };
+        let now = std::time::Instant::now();
+        let budget = self.conflicts.available(tenant, now);
+        let (results, foreign) = self.store.create_links_within(new, budget);
+        self.conflicts.spend(tenant, foreign, now);
+        crate::telemetry::admin_code_conflicts("taken_by_other_tenant", foreign);
+        let mut refused = 0;
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    StoreError::ConflictBudget(code) => {
+                        refused += 1;
+                        let secs = self.conflicts.retry_after_secs(tenant, now);
+                        ApiError {
+                            retry_after: Some(secs),
+                            ..ApiError::new(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                "too_many_conflicts",
+                                format!(
+                                    "custom code `{code}` not tried: too many of this tenant's custom codes were taken by other tenants; retry in {secs} s"
+                                ),
+                            )
+                        }
+                    }
+                    e => store_error(e),
+                })
+            })
+            .collect();
+        crate::telemetry::admin_code_conflicts("refused", refused);
+        results
     }
 
     /// Creates up to `MAX_BATCH` links, each validated alone, the valid ones
@@ -297,21 +343,16 @@ impl Admin {
                 valid.len() - 1
             }));
         }
-        let mut stored: Vec<Option<Result<LinkRecord, StoreError>>> = self
-            .store
-            .create_links(valid)
+        let mut stored: Vec<Option<Result<LinkRecord, ApiError>>> = self
+            .create_within_budget(who, valid)
             .into_iter()
             .map(Some)
             .collect();
         let results = slots
             .into_iter()
             .map(|slot| {
-                let outcome = slot.and_then(|i| {
-                    stored[i]
-                        .take()
-                        .expect("each stored result is used once")
-                        .map_err(store_error)
-                });
+                let outcome =
+                    slot.and_then(|i| stored[i].take().expect("each stored result is used once"));
                 match outcome {
                     Ok(rec) => BatchResult::Created {
                         status: StatusCode::CREATED.as_u16(),

@@ -5,6 +5,7 @@
 //! request deadline), and errors in one JSON shape (`error.rs`).
 
 pub mod auth;
+pub mod conflicts;
 pub mod console;
 pub mod error;
 pub mod links;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clicklog::ClickLog;
@@ -38,12 +39,15 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     pub public_url: String,
     pub default_redirect: u16,
-    pub max_body_bytes: usize,
+    /// Request bodies: size cap, deadline and minimum rate.
+    pub body: crate::body::BodyLimits,
     pub request_timeout: Duration,
     /// Signed-in console sessions (`console/session.rs`).
     pub console_sessions: console::session::Sessions,
     /// The postback networks, for the console's networks page (admins).
     pub networks: Option<NetworkAdmin>,
+    /// Per-tenant budget of custom codes found taken by other tenants.
+    pub conflicts: conflicts::ConflictBudget,
 }
 
 /// What the console needs to list networks and rotate their secrets.
@@ -156,7 +160,7 @@ where
                 Err(e) => return ("auth", Err(e)),
             };
             let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
-                match read_body(req.into_body(), admin.max_body_bytes).await {
+                match read_body(req.into_body(), admin.body).await {
                     Ok(b) => b,
                     Err(e) => return ("body", Err(e)),
                 }
@@ -176,24 +180,32 @@ where
     }
 }
 
-async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ApiError>
+async fn read_body<B>(body: B, limits: crate::body::BodyLimits) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than {max} bytes"),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("could not read the request body: {e}"),
-        )),
-    }
+    use crate::body::BodyError;
+    crate::body::read(body, limits).await.map_err(|e| {
+        telemetry::body_read_refused("admin", e.kind());
+        match e {
+            BodyError::TooLarge(max) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {max} bytes"),
+            ),
+            e if e.is_slow() => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("request body {e}"),
+            ),
+            e => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            ),
+        }
+    })
 }
 
 fn ok_json(v: impl serde::Serialize) -> Response<Body> {

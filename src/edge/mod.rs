@@ -39,6 +39,9 @@ pub struct Edge {
     pub max_request_target_bytes: usize,
     /// Requests in flight on the edge; beyond the cap, 503 at once.
     pub in_flight: shed::InFlightLimit,
+    /// Postbacks in flight: their own pool, so postbacks (slow bodies
+    /// included) can never take the slots redirects need.
+    pub postback_in_flight: shed::InFlightLimit,
     /// Set when the plain listener redirects everything to HTTPS.
     pub https_redirect: Option<to_https::HttpsRedirect>,
 }

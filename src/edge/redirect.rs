@@ -145,8 +145,21 @@ where
 {
     let started = Instant::now();
     let m = &edge.metrics;
-    let Some(_slot) = edge.in_flight.try_begin() else {
-        m.shed.increment(1);
+    // Postbacks and everything else draw on separate pools: a client that
+    // holds postbacks open (slow bodies) fills only the postback pool.
+    let postback =
+        edge.postbacks.is_some() && crate::postback::endpoint::is_postback_path(req.uri().path());
+    let pool = if postback {
+        &edge.postback_in_flight
+    } else {
+        &edge.in_flight
+    };
+    let Some(_slot) = pool.try_begin() else {
+        if postback {
+            m.postback_shed.increment(1);
+        } else {
+            m.shed.increment(1);
+        }
         return busy();
     };
     let now_ms = crate::time::now_ms();
@@ -167,20 +180,18 @@ where
     let reserved = req.uri().path().starts_with("/_");
     // Postbacks: their own (generous) limiter class, then the endpoint,
     // which authenticates before it reads anything else.
-    if reserved && target_len <= edge.max_request_target_bytes {
-        if let Some(pb) = &edge.postbacks {
-            if crate::postback::endpoint::is_postback_path(req.uri().path()) {
-                let verdict =
-                    edge.limiter
-                        .check(Class::Postback, peer.addr.ip(), req.headers(), now_ms);
-                if let Verdict::Limit { retry_after_secs } = verdict {
-                    m.rate_limited.increment(1);
-                    return too_many_requests(retry_after_secs);
-                }
-                return crate::postback::endpoint::handle(pb, &edge.trusted_proxies, req, peer)
-                    .await;
+    match &edge.postbacks {
+        Some(pb) if postback && target_len <= edge.max_request_target_bytes => {
+            let verdict =
+                edge.limiter
+                    .check(Class::Postback, peer.addr.ip(), req.headers(), now_ms);
+            if let Verdict::Limit { retry_after_secs } = verdict {
+                m.rate_limited.increment(1);
+                return too_many_requests(retry_after_secs);
             }
+            return crate::postback::endpoint::handle(pb, &edge.trusted_proxies, req, peer).await;
         }
+        _ => {}
     }
     let decision = if target_len > edge.max_request_target_bytes {
         Decision::UriTooLong

@@ -254,6 +254,16 @@ const MACROS: [(&str, Macro); 3] = [
 
 /// The first macro in `s` at or after byte `from`: where, which, how long.
 /// Accepts `{m}` and `%7Bm%7D`.
+/// Whether `s` holds a macro anywhere.
+pub(crate) fn has_macro(s: &str) -> bool {
+    next_macro(s, 0).is_some()
+}
+
+/// Whether `s` is exactly one macro and nothing else.
+pub(crate) fn is_one_macro(s: &str) -> bool {
+    macro_at(s.as_bytes()).is_some_and(|(_, len)| len == s.len())
+}
+
 fn next_macro(s: &str, from: usize) -> Option<(usize, Macro, usize)> {
     let bytes = s.as_bytes();
     let mut from = from;
@@ -317,17 +327,18 @@ mod tests {
     /// can only pick a label under the operator's domain, and anything but
     /// unreserved characters makes a host browsers refuse.
     #[test]
-    fn a_macro_in_the_host_is_the_operators_choice() {
+    fn a_macro_label_in_the_host_stays_under_the_fixed_suffix() {
         let dest =
-            crate::links::validate::normalize_destination("https://{code}.example/").unwrap();
-        assert_eq!(render(&dest, false, None), "https://promo.example/");
-        let dest = crate::links::validate::normalize_destination("https://{sub}.example/").unwrap();
+            crate::links::validate::normalize_destination("https://{code}.shop.example/").unwrap();
+        assert_eq!(render(&dest, false, None), "https://promo.shop.example/");
+        let dest =
+            crate::links::validate::normalize_destination("https://{sub}.shop.example/").unwrap();
         let vars = Vars {
             sub: "evil.test/x?",
             ..VARS
         };
         let loc = Template::compile(&dest, false).render(&dest, &vars, None);
-        assert_eq!(loc, "https://evil.test%2Fx%3F.example/");
+        assert_eq!(loc, "https://evil.test%2Fx%3F.shop.example/");
     }
 
     #[test]
@@ -455,6 +466,64 @@ mod tests {
             let got = url::Url::parse(&loc).unwrap();
             prop_assert_eq!(got.host_str(), want.host_str(), "{}", loc);
             prop_assert_eq!(got.port(), want.port(), "{}", loc);
+        }
+
+        /// A macro the host accepts (a whole label, two fixed labels to
+        /// its right): whatever the visitor's `sub`, the rendered host
+        /// still ends in those fixed labels.
+        #[test]
+        fn no_sub_changes_the_fixed_suffix_of_a_host_with_a_macro(
+            left in "([a-z0-9]{1,5}\\.){0,2}",
+            mac in "(\\{sub\\}|\\{code\\}|\\{click_id\\}|%7Bsub%7D)",
+            suffix in "[a-z0-9]{1,6}(\\.[a-z0-9-]{1,6}){0,2}\\.[a-z]{2,6}",
+            port in "(:[0-9]{1,4})?",
+            path in "(/[ -~]{0,12})?",
+            sub in "(\\PC|[./?#@:%\\\\\\[\\]])*",
+            q in "[ -~]{0,30}",
+            passthrough in any::<bool>(),
+        ) {
+            let dest = crate::links::validate::normalize_destination(
+                &format!("https://{left}{mac}.{suffix}{port}{path}")
+            ).unwrap();
+            let vars = Vars { sub: &sub, ..VARS };
+            let loc = Template::compile(&dest, passthrough).render(&dest, &vars, Some(&q));
+            prop_assert!(http::HeaderValue::from_str(&loc).is_ok(), "{}", loc);
+            // The authority as a browser splits it: up to the first `/`,
+            // `?`, `#` or `\\` after the scheme.
+            let rest = loc.strip_prefix("https://").unwrap();
+            let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            prop_assert!(!authority.contains('@'), "{}", loc);
+            let host = authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h);
+            let fixed = format!(".{suffix}");
+            prop_assert!(host.ends_with(&fixed), "{} does not end in {}", host, fixed);
+            if let Ok(got) = url::Url::parse(&loc) {
+                let h = got.host_str().unwrap_or("");
+                prop_assert!(h.ends_with(&fixed), "{} parsed to {}", loc, h);
+            }
+        }
+
+        /// Any host shape with macros anywhere: if it is accepted, no
+        /// `sub` changes the last two labels of the rendered host.
+        #[test]
+        fn an_accepted_host_keeps_its_last_two_labels_whatever_the_sub(
+            labels in proptest::collection::vec("(\\{sub\\}|\\{code\\}|[a-z]{1,4}|[a-z]{0,2}\\{sub\\}[a-z]{0,2})", 1..5),
+            sub in "(\\PC|[./?#@:%\\\\])*",
+        ) {
+            let Ok(dest) = crate::links::validate::normalize_destination(
+                &format!("https://{}/", labels.join("."))
+            ) else { return Ok(()) };
+            let host = url::Url::parse(&dest).unwrap().host_str().unwrap().to_owned();
+            let parts: Vec<&str> = host.rsplitn(3, '.').collect();
+            prop_assert!(parts.len() >= 2 || !has_macro(&host), "{}", dest);
+            if parts.len() < 2 { return Ok(()) }
+            let fixed = format!(".{}.{}", parts[1], parts[0]);
+            prop_assert!(!has_macro(&fixed), "{}", dest);
+            let vars = Vars { sub: &sub, ..VARS };
+            let loc = Template::compile(&dest, false).render(&dest, &vars, None);
+            let rest = loc.strip_prefix("https://").unwrap();
+            let got = &rest[..rest.find('/').unwrap()];
+            prop_assert!(got.ends_with(&fixed) || got == &fixed[1..], "{} from {}", got, dest);
         }
 
         #[test]

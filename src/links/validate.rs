@@ -24,6 +24,34 @@ pub enum DestinationError {
     UserInfo,
     #[error("destination has no host")]
     NoHost,
+    #[error(
+        "a macro in the destination's host must be a whole label with at least two fixed labels to its right (https://{{sub}}.shop.example/), so a visitor can never choose the registrable domain"
+    )]
+    MacroInHost,
+}
+
+/// Fixed labels a host macro needs to its right: a visitor may fill in a
+/// label under the operator's domain, never the domain itself.
+pub const FIXED_LABELS_RIGHT_OF_A_MACRO: usize = 2;
+
+/// The host rule: no macro, or macros only as whole labels, the last of
+/// them followed by at least [`FIXED_LABELS_RIGHT_OF_A_MACRO`] labels
+/// without one. (Under a multi-label public suffix such as `co.uk`, two
+/// fixed labels are the suffix itself: use three.)
+fn host_macros_allowed(host: &str) -> bool {
+    use super::template::{has_macro, is_one_macro};
+    if !has_macro(host) {
+        return true;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().any(|l| has_macro(l) && !is_one_macro(l)) {
+        return false;
+    }
+    let last = labels
+        .iter()
+        .rposition(|l| has_macro(l))
+        .expect("has a macro");
+    labels[last + 1..].iter().filter(|l| !l.is_empty()).count() >= FIXED_LABELS_RIGHT_OF_A_MACRO
 }
 
 /// A code is 1-64 chars of `[A-Za-z0-9-]`.
@@ -57,8 +85,11 @@ pub fn normalize_destination(input: &str) -> Result<String, DestinationError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(DestinationError::UserInfo);
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
         return Err(DestinationError::NoHost);
+    };
+    if !host_macros_allowed(host) {
+        return Err(DestinationError::MacroInHost);
     }
     let normalized = String::from(url);
     if normalized.len() > MAX_DESTINATION_BYTES {
@@ -106,6 +137,29 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize_destination(input), Err(want), "{input:?}");
+        }
+        for input in [
+            "https://{sub}/",
+            "https://{sub}.example/",
+            "https://{sub}.example./",
+            "https://%7Bsub%7D.example/",
+            "https://{SUB}.example/",
+            "https://x{sub}.shop.example/",
+            "https://{sub}x.shop.example/",
+            "https://shop.{sub}.example/",
+            "https://{sub}.{code}.example/",
+            "https://{sub}{code}.shop.example/",
+            "https://shop.example{sub}/",
+        ] {
+            assert_eq!(normalize_destination(input), Err(MacroInHost), "{input:?}");
+        }
+        for input in [
+            "https://{sub}.shop.example/",
+            "https://{code}.{sub}.shop.example/",
+            "https://a.{click_id}.shop.example:8443/x/{sub}",
+            "https://shop.example/{sub}?s={sub}",
+        ] {
+            assert!(normalize_destination(input).is_ok(), "{input:?}");
         }
         let long = format!("https://example.com/{}", "a".repeat(2048));
         assert_eq!(normalize_destination(&long), Err(TooLong));

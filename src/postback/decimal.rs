@@ -94,6 +94,10 @@ impl Decimal {
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
 }
 
 impl std::fmt::Display for Decimal {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use ipnet::IpNet;
 
 use super::ledger::Submission;
@@ -147,8 +147,11 @@ where
             return bad_auth("token (GET) postbacks are not enabled for this network");
         }
         let query = req.uri().query().unwrap_or("");
-        let Ok(Some(token)) = Query(query).get_value(TOKEN_PARAM) else {
-            return bad_auth("the `token` parameter is missing");
+        let token = match Query(query).get_value(TOKEN_PARAM) {
+            Ok(Some(token)) => token,
+            Ok(None) => return bad_auth("the `token` parameter is missing"),
+            // Given twice: malformed, whichever of the two is right.
+            Err(e) => return malformed(e),
         };
         if !network.token_matches(&token) {
             return bad_auth("the token does not match");
@@ -169,16 +172,16 @@ where
             Err(e) => return bad_auth(&e.to_string()),
         },
     };
-    let body = match Limited::new(req.into_body(), pb.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // A deadline and a minimum rate: a body that trickles or never comes
+    // frees its slot within `edge.body_read_timeout_ms`.
+    let body = match crate::body::read(req.into_body(), pb.body).await {
+        Ok(b) => b,
+        Err(e) => {
+            crate::telemetry::body_read_refused("edge", e.kind());
             return malformed(FieldError {
                 field: "body".into(),
-                reason: format!("larger than {} bytes or unreadable", pb.max_body_bytes),
-            })
+                reason: e.to_string(),
+            });
         }
     };
     if let Err(e) = header.verify(&network.secrets_at(now_ms), &body, now_ms.div_euclid(1000)) {

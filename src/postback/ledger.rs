@@ -194,6 +194,32 @@ impl State {
     }
 }
 
+/// How far a network's clock may be off ours (the signature's `t` has the
+/// same tolerance): an `occurred_at` beyond it either way is refused.
+pub const CLOCK_SKEW_TOLERANCE_MS: i64 = 300_000;
+
+/// Why `occurred_at` cannot be true, if it cannot: in the future beyond
+/// the clock-skew tolerance, or before the click it converts (by more
+/// than the tolerance: the network's clock may run behind ours).
+fn implausible_time(occurred_ms: i64, click_ts: i64, now_ms: i64) -> Option<String> {
+    let tol = CLOCK_SKEW_TOLERANCE_MS;
+    if occurred_ms > now_ms.saturating_add(tol) {
+        return Some(format!(
+            "clock_skew: occurred_at is {} s in the future, beyond the {} s clock-skew tolerance",
+            (occurred_ms - now_ms) / 1000,
+            tol / 1000
+        ));
+    }
+    if occurred_ms < click_ts.saturating_sub(tol) {
+        return Some(format!(
+            "before_click: occurred_at is {} s before the click it converts (tolerance {} s)",
+            (click_ts - occurred_ms) / 1000,
+            tol / 1000
+        ));
+    }
+    None
+}
+
 /// A postback found to repeat a recorded (network, txn_id, status).
 struct Duplicate {
     code: Option<String>,
@@ -379,6 +405,14 @@ impl Ledger {
             }
         };
         rec.click_ts = Some(Rfc3339Millis(click_ts));
+        if let Some(reason) = fields
+            .occurred_at_ms
+            .and_then(|t| implausible_time(t, click_ts, now_ms))
+        {
+            rec.outcome = Outcome::OutOfWindow;
+            rec.reason = Some(reason);
+            return self.record(rec);
+        }
         let window_ms = (network.settings.attribution_window_secs as i64).saturating_mul(1000);
         let converted = fields.occurred_at_ms.unwrap_or(now_ms);
         if converted - click_ts > window_ms {
@@ -571,6 +605,40 @@ mod tests {
             all.iter().filter(|o| **o == Outcome::Duplicate).count(),
             199
         );
+    }
+
+    #[test]
+    fn an_occurred_at_in_the_future_or_before_its_click_has_its_own_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        let net = network();
+        let at = |txn: &str, occurred: i64| {
+            let Submission::Fields(f) = fields(txn, Status::Approved, "1") else {
+                unreachable!()
+            };
+            Submission::Fields(Fields {
+                occurred_at_ms: Some(occurred),
+                ..f
+            })
+        };
+        let click = NOW - 1000;
+        let tol = CLOCK_SKEW_TOLERANCE_MS;
+        let future = l.process(&net, at("f", NOW + tol + 1000), NOW).unwrap();
+        assert_eq!(future.outcome, Outcome::OutOfWindow);
+        assert!(future.reason.unwrap().starts_with("clock_skew:"));
+        let early = l.process(&net, at("e", click - tol - 1000), NOW).unwrap();
+        assert_eq!(early.outcome, Outcome::OutOfWindow);
+        assert!(early.reason.unwrap().starts_with("before_click:"));
+        // Within the tolerance either way: accepted.
+        for (txn, t) in [("a", NOW + tol), ("b", click - tol), ("c", click)] {
+            assert_eq!(
+                l.process(&net, at(txn, t), NOW).unwrap().outcome,
+                Outcome::Accepted,
+                "{txn}"
+            );
+        }
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(text.contains("clock_skew:") && text.contains("before_click:"));
     }
 
     /// Finds every click once; asked again, finds nothing (a ClickHouse

@@ -165,7 +165,9 @@ pub struct Postbacks {
     /// Fed by the click-log writer.
     pub click_index: Arc<ClickIndex>,
     pub ledger: Arc<Ledger>,
-    pub max_body_bytes: usize,
+    /// POST bodies: `postback.max_body_bytes`, the edge's body deadline
+    /// and minimum rate.
+    pub body: crate::body::BodyLimits,
     pub metrics: crate::telemetry::PostbackMetrics,
 }
 
@@ -218,7 +220,11 @@ impl Postbacks {
             networks,
             click_index: index,
             ledger,
-            max_body_bytes: pc.max_body_bytes,
+            body: crate::body::BodyLimits {
+                max_bytes: pc.max_body_bytes,
+                timeout: config.edge.body_read_timeout,
+                min_bytes_per_sec: config.edge.min_body_bytes_per_sec,
+            },
             metrics: crate::telemetry::PostbackMetrics::register(),
         })
     }

@@ -50,25 +50,67 @@ pub trait Source {
     fn get(&self, name: &str) -> Result<Option<String>, FieldError>;
 }
 
-/// A GET query string (first occurrence of each name wins).
+/// A GET query string. A name asked for that occurs more than once is
+/// refused (which one the network meant is not ours to guess).
 pub struct Query<'a>(pub &'a str);
 
 impl Source for Query<'_> {
     fn get(&self, name: &str) -> Result<Option<String>, FieldError> {
-        Ok(form_urlencoded::parse(self.0.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned()))
+        let mut found = None;
+        for (k, v) in form_urlencoded::parse(self.0.as_bytes()) {
+            if k == name {
+                if found.is_some() {
+                    return Err(err(name, REPEATED));
+                }
+                found = Some(v.into_owned());
+            }
+        }
+        Ok(found)
     }
 }
 
+const REPEATED: &str = "is given more than once";
+
+/// The top-level keys of a JSON object that occur more than once (a
+/// `serde_json::Map` would silently keep the last).
+fn repeated_keys(body: &[u8]) -> Vec<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(k.clone()) {
+                    repeated.push(k);
+                }
+            }
+            Ok(repeated)
+        }
+    }
+    serde_json::Deserializer::from_slice(body)
+        .deserialize_map(Keys)
+        .unwrap_or_default()
+}
+
 /// A JSON object body. Strings are taken as they are, integers as their
-/// digits; a payout must be a string (money is never a float).
-pub struct Json(pub serde_json::Map<String, serde_json::Value>);
+/// digits; a payout must be a string (money is never a float). A key
+/// asked for that occurs more than once is refused, as in a query.
+pub struct Json(
+    pub serde_json::Map<String, serde_json::Value>,
+    /// Top-level keys that occur more than once.
+    pub Vec<String>,
+);
 
 impl Json {
     pub fn parse(body: &[u8]) -> Result<Json, FieldError> {
         match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(map)) => Ok(Json(map)),
+            Ok(serde_json::Value::Object(map)) => Ok(Json(map, repeated_keys(body))),
             Ok(_) => Err(err("body", "must be a JSON object")),
             Err(e) => Err(err("body", format!("is not JSON: {e}"))),
         }
@@ -77,6 +119,9 @@ impl Json {
 
 impl Source for Json {
     fn get(&self, name: &str) -> Result<Option<String>, FieldError> {
+        if self.1.iter().any(|k| k == name) {
+            return Err(err(name, REPEATED));
+        }
         match self.0.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
@@ -141,6 +186,14 @@ pub fn extract_with(
         Some(v) => Decimal::parse(&v)
             .map_err(|e| err(&map.payout, format!("must be a decimal string: {e}")))?,
     };
+    // Money taken back is a reversal; any other status with a negative
+    // amount would count as negative revenue.
+    if payout.is_negative() && status != Status::Reversed {
+        return Err(err(
+            &map.payout,
+            "must not be negative unless the status is reversed",
+        ));
+    }
     let currency = match get(&map.currency)? {
         None => default_currency.to_owned(),
         Some(v) => normalize_currency(&v)
@@ -228,6 +281,53 @@ mod tests {
         assert_eq!(field("subid=a&tid=1&status=maybe"), "status");
         assert_eq!(field("subid=a&tid=1&currency=dollars"), "currency");
         assert_eq!(field("subid=a&tid=1&occurred_at=yesterday"), "occurred_at");
+    }
+
+    #[test]
+    fn a_mapped_field_given_twice_is_refused_naming_it() {
+        let field = |q: &str| run(&keitaro(), q).unwrap_err();
+        for (q, f) in [
+            ("subid=a&subid=b&tid=1", "subid"),
+            ("subid=a&tid=1&tid=2", "tid"),
+            ("subid=a&tid=1&status=sale&status=rejected", "status"),
+        ] {
+            let e = field(q);
+            assert_eq!((e.field.as_str(), e.reason.as_str()), (f, REPEATED), "{q}");
+        }
+        // An unmapped parameter may repeat.
+        assert!(run(&keitaro(), "subid=a&tid=1&utm=x&utm=y").is_ok());
+        let body = br#"{"click_id":"a","txn_id":"1","payout":"1.00","payout":"-5.00"}"#;
+        let e = extract_with(
+            &ParamMap::default(),
+            status_of,
+            Status::Approved,
+            "USD",
+            &Json::parse(body).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "payout");
+    }
+
+    #[test]
+    fn a_negative_payout_is_refused_unless_the_status_is_reversed() {
+        for st in ["sale", "pending", "rejected"] {
+            let e = run(
+                &keitaro(),
+                &format!("subid=a&tid=1&status={st}&payout=-83.50"),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "payout", "{st}");
+            assert!(e.reason.contains("reversed"), "{}", e.reason);
+        }
+        let f = run(&keitaro(), "subid=a&tid=1&status=reversed&payout=-83.50").unwrap();
+        assert_eq!(
+            (f.status, f.payout.to_string().as_str()),
+            (Status::Reversed, "-83.50")
+        );
+        assert!(
+            run(&keitaro(), "subid=a&tid=1&payout=-0.00").is_ok(),
+            "minus zero is zero"
+        );
     }
 
     #[test]

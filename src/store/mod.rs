@@ -52,6 +52,10 @@ pub enum StoreError {
     },
     #[error("code `{0}` is taken")]
     CodeTaken(String),
+    /// The caller's budget of conflicts with other tenants' codes was
+    /// spent: this custom code was not looked up.
+    #[error("custom code `{0}` not tried: too many taken codes")]
+    ConflictBudget(String),
     #[error("no such record")]
     NotFound,
 }
@@ -227,15 +231,44 @@ impl Store {
 
     /// Creates links in one durable append; results are in input order.
     pub fn create_links(&self, new: Vec<NewLink>) -> Vec<Result<LinkRecord, StoreError>> {
+        self.create_links_within(new, usize::MAX).0
+    }
+
+    /// [`Store::create_links`], where at most `budget` custom codes may
+    /// turn out taken by another tenant: once they have, every later
+    /// custom code is refused with [`StoreError::ConflictBudget`] without
+    /// being looked up (so the refusal says nothing about it). Also
+    /// returns how many such conflicts there were.
+    pub fn create_links_within(
+        &self,
+        new: Vec<NewLink>,
+        budget: usize,
+    ) -> (Vec<Result<LinkRecord, StoreError>>, usize) {
         let len = self.random_code_len;
         let count = new.len();
+        let mut foreign = 0usize;
         let outcome = self.write(|inner| {
             let mut records = Vec::new();
             let mut results = Vec::with_capacity(new.len());
             let mut taken_now = BTreeSet::new();
             for NewLink { code, mut record } in new {
                 let code = match code {
-                    Some(c) if inner.links.get(&c).is_some() || taken_now.contains(&c) => {
+                    Some(c) if foreign >= budget => {
+                        results.push(Err(StoreError::ConflictBudget(c)));
+                        continue;
+                    }
+                    Some(c) if taken_now.contains(&c) => {
+                        results.push(Err(StoreError::CodeTaken(c)));
+                        continue;
+                    }
+                    Some(c) if inner.links.get(&c).is_some() => {
+                        if inner
+                            .links
+                            .get(&c)
+                            .is_some_and(|l| l.tenant() != record.tenant)
+                        {
+                            foreign += 1;
+                        }
                         results.push(Err(StoreError::CodeTaken(c)));
                         continue;
                     }
@@ -254,7 +287,7 @@ impl Store {
             }
             Ok((records, results))
         });
-        outcome.unwrap_or_else(|e| {
+        let results = outcome.unwrap_or_else(|e| {
             // Nothing was applied: every input fails with the same I/O error.
             let msg = e.to_string();
             (0..count)
@@ -265,7 +298,8 @@ impl Store {
                     })
                 })
                 .collect()
-        })
+        });
+        (results, foreign)
     }
 
     /// The live (not deleted) link with this code.

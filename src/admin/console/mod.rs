@@ -84,7 +84,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let form = if parts.method == Method::POST {
-        match super::read_body(body, admin.max_body_bytes).await {
+        match super::read_body(body, admin.body).await {
             Ok(b) => form_urlencoded::parse(&b).into_owned().collect(),
             Err(e) => return ("console", problem(e.status, "Request refused", &e.message)),
         }
