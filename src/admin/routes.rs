@@ -158,6 +158,9 @@ pub fn find<'p>(method: &Method, path: &'p str) -> Result<Matched<'p>, Unmatched
             return Ok(Matched { route, params });
         }
         allowed.push(route.method.clone());
+        if route.method == Method::GET && !route.auth {
+            allowed.push(Method::HEAD);
+        }
     }
     Err(Unmatched::MethodNotAllowed(allowed))
 }
