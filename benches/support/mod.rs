@@ -38,6 +38,8 @@ pub fn record(code: String, destination: &str) -> LinkRecord {
         deleted: false,
         tags: vec![],
         passthrough: true,
+        rules: vec![],
+        variants: vec![],
     }
 }
 
@@ -106,6 +108,7 @@ pub fn fixture(links: usize) -> Fixture {
         salts,
         clicklog,
         trusted_proxies: vec![],
+        geo: Default::default(),
         cookie: CookieTemplate::new(&cookie_cfg, false),
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),

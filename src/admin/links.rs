@@ -7,8 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::auth::Principal;
 use super::error::{ApiError, ErrorBody};
 use super::Admin;
+use crate::links::routing::{parse_rules, parse_variants, RoutingError};
 use crate::links::validate::{is_valid_code, normalize_destination};
-use crate::links::LinkRecord;
+use crate::links::{LinkRecord, Rule, Variant};
 use crate::stats::{Counts, Interval, SeriesPoint, MAX_SERIES_POINTS};
 use crate::store::{NewLink, StoreError};
 use crate::time::{parse_range_bound, RangeEnd};
@@ -35,6 +36,11 @@ pub struct CreateBody {
     passthrough: Option<bool>,
     /// Only admin tokens may create links for another tenant.
     tenant: Option<String>,
+    /// Checked field by field by `links::routing` (errors name the index).
+    #[serde(default)]
+    rules: serde_json::Value,
+    #[serde(default)]
+    variants: serde_json::Value,
 }
 
 /// serde_json's own recursion limit. Batch items are skimmed as raw text
@@ -94,6 +100,11 @@ pub struct PatchBody {
     redirect: Option<u16>,
     tags: Option<Vec<String>>,
     passthrough: Option<bool>,
+    /// `null` or `[]` removes them; absent leaves them.
+    #[serde(default, deserialize_with = "present")]
+    rules: Option<Option<serde_json::Value>>,
+    #[serde(default, deserialize_with = "present")]
+    variants: Option<Option<serde_json::Value>>,
 }
 
 /// Distinguishes `"k": null` (Some(None)) from an absent key (None).
@@ -116,6 +127,8 @@ pub struct LinkView {
     disabled: bool,
     tags: Vec<String>,
     passthrough: bool,
+    rules: Vec<Rule>,
+    variants: Vec<Variant>,
 }
 
 impl Admin {
@@ -134,6 +147,8 @@ impl Admin {
             disabled: l.disabled,
             tags: l.tags,
             passthrough: l.passthrough,
+            rules: l.rules,
+            variants: l.variants,
         }
     }
 
@@ -178,6 +193,8 @@ impl Admin {
             deleted: false,
             tags: tags(body.tags.unwrap_or_default())?,
             passthrough: body.passthrough.unwrap_or(true),
+            rules: rules(&body.rules)?,
+            variants: variants(&body.variants)?,
         };
         Ok(NewLink {
             code: body.code,
@@ -289,6 +306,15 @@ impl Admin {
             None => None,
         };
         let tags = body.tags.map(tags).transpose()?;
+        let null = serde_json::Value::Null;
+        let rules = body
+            .rules
+            .map(|v| rules(v.as_ref().unwrap_or(&null)))
+            .transpose()?;
+        let variants = body
+            .variants
+            .map(|v| variants(v.as_ref().unwrap_or(&null)))
+            .transpose()?;
         let rec = self.store.update_link::<ApiError>(code, |l| {
             if !who.can_see(&l.tenant) {
                 return Err(ApiError::not_found("link"));
@@ -304,6 +330,14 @@ impl Admin {
             }
             if let Some(t) = tags {
                 l.tags = t;
+            }
+            // The new rules and variants replace the old in one record:
+            // the edge sees the old link or the new, never a mix.
+            if let Some(r) = rules {
+                l.rules = r;
+            }
+            if let Some(v) = variants {
+                l.variants = v;
             }
             if let Some(d) = body.disabled {
                 l.disabled = d;
@@ -488,6 +522,14 @@ fn tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(tags)
+}
+
+fn rules(v: &serde_json::Value) -> Result<Vec<Rule>, ApiError> {
+    parse_rules(v).map_err(|e: RoutingError| ApiError::invalid("invalid_rules", e.to_string()))
+}
+
+fn variants(v: &serde_json::Value) -> Result<Vec<Variant>, ApiError> {
+    parse_variants(v).map_err(|e| ApiError::invalid("invalid_variants", e.to_string()))
 }
 
 fn store_error(e: StoreError) -> ApiError {

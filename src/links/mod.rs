@@ -3,6 +3,8 @@
 //!
 //! Nothing in here touches the network.
 
+pub mod agent;
+pub mod routing;
 pub mod table;
 pub mod tally;
 pub mod template;
@@ -14,6 +16,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+pub use routing::{Route, Routing, Rule, Variant};
 pub use table::{LinkTable, SharedLinkTable};
 pub use tally::Tally;
 pub use template::Template;
@@ -36,6 +39,13 @@ pub struct LinkRecord {
     #[serde(default)]
     pub tags: Vec<String>,
     pub passthrough: bool,
+    /// Routing rules, first match wins (see [`routing`]); absent in store
+    /// files written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// Weighted variants, used when no rule matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
 }
 
 #[cfg(test)]
@@ -55,6 +65,8 @@ impl LinkRecord {
             deleted: false,
             tags: vec![],
             passthrough: true,
+            rules: vec![],
+            variants: vec![],
         }
     }
 }
@@ -80,12 +92,9 @@ pub struct Link {
     /// The code, then the destination.
     text: Box<str>,
     tenant: Arc<String>,
-    /// `None` when there are none (most links).
-    #[allow(
-        clippy::box_collection,
-        reason = "a thin pointer: 8 bytes in every link, a `Vec` only in links with tags"
-    )]
-    tags: Option<Box<Vec<String>>>,
+    /// Tags and routing; `None` when there are neither (most links), so a
+    /// plain link pays one pointer test on the redirect path.
+    extra: Option<Box<Extra>>,
     created_at_ms: i64,
     updated_at_ms: i64,
     /// [`NEVER`] if the link does not expire.
@@ -100,6 +109,13 @@ pub struct Link {
     code_len: u8,
     disabled: bool,
     deleted: bool,
+}
+
+/// What only some links have, behind one thin pointer.
+#[derive(Debug)]
+struct Extra {
+    tags: Vec<String>,
+    routing: Option<Routing>,
 }
 
 /// `expires_at_ms` of a link that does not expire (later than any date
@@ -117,6 +133,18 @@ impl Link {
     pub fn compile_for(record: LinkRecord, tenant: Arc<String>) -> Link {
         debug_assert!(record.tenant.is_empty() || *tenant == record.tenant);
         let template = Template::compile(&record.destination, record.passthrough);
+        let routing = Routing::compile(
+            record.rules,
+            record.variants,
+            &record.code,
+            record.passthrough,
+        );
+        let extra = (!record.tags.is_empty() || routing.is_some()).then(|| {
+            Box::new(Extra {
+                tags: record.tags,
+                routing,
+            })
+        });
         // Codes are at most 64 bytes (`validate::MAX_CODE_LEN`).
         let code_len = u8::try_from(record.code.len()).expect("a code is at most 255 bytes");
         let mut text = String::with_capacity(record.code.len() + record.destination.len());
@@ -125,7 +153,7 @@ impl Link {
         Link {
             text: text.into_boxed_str(),
             tenant,
-            tags: (!record.tags.is_empty()).then(|| Box::new(record.tags)),
+            extra,
             created_at_ms: record.created_at.timestamp_millis(),
             updated_at_ms: record.updated_at.timestamp_millis(),
             expires_at_ms: record.expires_at.map_or(NEVER, |t| t.timestamp_millis()),
@@ -155,6 +183,8 @@ impl Link {
             deleted: false,
             tags: vec![],
             passthrough: false,
+            rules: vec![],
+            variants: vec![],
         })
     }
 
@@ -171,8 +201,20 @@ impl Link {
             expires_at: (self.expires_at_ms != NEVER).then(|| time(self.expires_at_ms)),
             disabled: self.disabled,
             deleted: self.deleted,
-            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            tags: self
+                .extra
+                .as_ref()
+                .map(|e| e.tags.clone())
+                .unwrap_or_default(),
             passthrough: self.template.passthrough(),
+            rules: self
+                .routing()
+                .map(|r| r.rules().to_vec())
+                .unwrap_or_default(),
+            variants: self
+                .routing()
+                .map(|r| r.variants().to_vec())
+                .unwrap_or_default(),
         }
     }
 
@@ -198,6 +240,38 @@ impl Link {
     pub fn render_into(&self, vars: &template::Vars<'_>, query: Option<&str>, out: &mut String) {
         self.template
             .render_into(self.destination(), vars, query, out)
+    }
+
+    /// The link's rules and variants, if it has any.
+    #[inline]
+    pub fn routing(&self) -> Option<&Routing> {
+        self.extra.as_deref()?.routing.as_ref()
+    }
+
+    /// Appends the `Location` for a request that took `route`: the rule's
+    /// or variant's destination, or the link's own.
+    #[inline]
+    pub fn render_routed_into(
+        &self,
+        route: &Route,
+        vars: &template::Vars<'_>,
+        query: Option<&str>,
+        out: &mut String,
+    ) {
+        let routed = self
+            .routing()
+            .is_some_and(|r| r.render_into(route, vars, query, out));
+        if !routed {
+            self.render_into(vars, query, out);
+        }
+    }
+
+    /// The destination a request that took `route` was sent to (before
+    /// macros and passthrough).
+    pub fn destination_for(&self, route: &Route) -> &str {
+        self.routing()
+            .and_then(|r| r.target(route))
+            .map_or_else(|| self.destination(), |(d, _)| d)
     }
 
     pub fn code(&self) -> &str {
@@ -243,6 +317,8 @@ mod tests {
             deleted: false,
             tags: vec!["promo".into(), "q1".into()],
             passthrough: false,
+            rules: vec![],
+            variants: vec![],
         };
         let link = Link::compile(record.clone());
         assert_eq!(link.to_record(), record);
@@ -273,6 +349,8 @@ mod tests {
             deleted: false,
             tags: vec![],
             passthrough: true,
+            rules: vec![],
+            variants: vec![],
         };
         let link = Link::compile(record);
         let t = now.timestamp_millis();
