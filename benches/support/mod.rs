@@ -147,8 +147,14 @@ pub fn redirect_and_encode(
         panic!("expected a redirect")
     };
     buf.clear();
-    let bot = classifier.classify(event.user_agent(), event.signals);
-    clickedge::clicklog::record::encode(&event, bot, Default::default(), buf);
+    // As the click-log writer does it: device and OS from the cached
+    // classifier unless the edge already parsed them.
+    let (bot, agent) = classifier.classify_with_agent(event.user_agent(), event.signals);
+    let mut route = event.route;
+    if !route.has_agent() {
+        route.set_agent(agent);
+    }
+    clickedge::clicklog::record::encode(&event, bot, route, buf);
     (location, cookie)
 }
 
