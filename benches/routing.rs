@@ -47,7 +47,10 @@ fn routed(code: &str) -> Link {
     let variants: Vec<_> = (0..4)
         .map(|i| json!({"destination": format!("https://v{i}.shop.example.com/p?cid={{click_id}}"), "weight": 25 * (i + 1)}))
         .collect();
-    let mut rec = support::record(code.to_owned(), "https://shop.example.com/product/12345?aff=77&cid={click_id}");
+    let mut rec = support::record(
+        code.to_owned(),
+        "https://shop.example.com/product/12345?aff=77&cid={click_id}",
+    );
     rec.rules = parse_rules(&json!(rules)).unwrap();
     rec.variants = parse_variants(&json!(variants)).unwrap();
     Link::compile(rec)

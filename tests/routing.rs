@@ -355,6 +355,18 @@ async fn clicks_follow_the_first_matching_rule_and_events_say_which() {
             s("https://shop.example/")
         )
     );
+    let (_, stats) = api.get("/v1/links/geo/stats").await;
+    assert_eq!(
+        stats["countries"],
+        json!({"DE": 2, "FR": 1, "US": 1, "AT": 1}),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["devices"],
+        json!({"mobile": 3, "desktop": 2}),
+        "{stats}"
+    );
+    assert_eq!(stats["variants"], json!([]));
 }
 
 #[tokio::test]
@@ -525,6 +537,32 @@ async fn visitors_keep_their_variant_and_variants_split_by_weight() {
         assert_eq!(l["destination"], three_way()[v]["destination"], "{l}");
         assert_eq!(l["rule"], Value::Null);
     }
+    // The embedded stats count each variant's clicks.
+    let mut stats = Value::Null;
+    for _ in 0..200 {
+        stats = api.get("/v1/links/ab/stats").await.1;
+        if stats["clicks"] == 630 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats["clicks"], 630, "{stats}");
+    let per_variant: Vec<u64> = stats["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["clicks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_variant.iter().sum::<u64>(), 630, "{stats}");
+    for (i, v) in stats["variants"].as_array().unwrap().iter().enumerate() {
+        let want = lines.iter().filter(|l| l["variant"] == i).count() as u64;
+        assert_eq!(v["clicks"], want, "{stats}");
+        assert_eq!(v["human_clicks"], want);
+        assert_eq!(v["destination"], three_way()[i]["destination"]);
+        assert_eq!(v["weight"], three_way()[i]["weight"]);
+    }
+    assert_eq!(stats["devices"], json!({"desktop": 630}));
+    assert_eq!(stats["countries"], json!({}));
 }
 
 #[tokio::test]

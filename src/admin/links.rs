@@ -462,7 +462,12 @@ impl Admin {
                 .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
             None => crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to),
         };
-        Ok(serde_json::json!({
+        // Embedded mode only so far: ClickHouse has no routing columns yet.
+        let routes = self
+            .warehouse
+            .is_none()
+            .then(|| routing_stats(&link, &self.stats.breakdown(&link.code, from, to)));
+        let mut answer = serde_json::json!({
             "code": link.code,
             "from": crate::time::rfc3339(from),
             "to": crate::time::rfc3339(to),
@@ -476,8 +481,56 @@ impl Admin {
             "conversions": conversions,
             "revenue": revenue,
             "series": series,
-        }))
+        });
+        if let (Some(routes), Some(obj)) = (routes, answer.as_object_mut()) {
+            obj.extend(routes);
+        }
+        Ok(answer)
     }
+}
+
+/// `variants` (the link's current ones, with their clicks), `countries`
+/// and `devices` of a link's stats.
+fn routing_stats(
+    link: &LinkRecord,
+    b: &crate::links::tally::Breakdown,
+) -> serde_json::Map<String, serde_json::Value> {
+    use crate::links::agent::Device;
+    let variants: Vec<serde_json::Value> = link
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let [clicks, bots] = b.variants.get(i).copied().unwrap_or_default();
+            serde_json::json!({
+                "destination": v.destination,
+                "weight": v.weight,
+                "clicks": clicks,
+                "human_clicks": clicks - bots,
+            })
+        })
+        .collect();
+    let countries: serde_json::Map<String, serde_json::Value> = b
+        .countries
+        .iter()
+        .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), (*n).into()))
+        .collect();
+    let devices: serde_json::Map<String, serde_json::Value> = b
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        // Clicks without a user agent have no device and are not listed.
+        .filter_map(|(code, n)| {
+            let device = Device::from_code(code as u8)?;
+            Some((device.as_str().to_owned(), (*n).into()))
+        })
+        .collect();
+    let mut out = serde_json::Map::new();
+    out.insert("variants".into(), variants.into());
+    out.insert("countries".into(), countries.into());
+    out.insert("devices".into(), devices.into());
+    out
 }
 
 fn bound(v: &str, end: RangeEnd, name: &str) -> Result<i64, ApiError> {

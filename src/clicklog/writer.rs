@@ -257,7 +257,7 @@ impl Writer {
     }
 
     /// Classifies `ev` and appends its framed record to `buf`.
-    fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Written>) {
+    fn encode(&mut self, mut ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Written>) {
         let (bot, agent) = self
             .classifier
             .classify_with_agent(ev.user_agent(), ev.signals);
@@ -265,6 +265,8 @@ impl Writer {
         if !route.has_agent() {
             route.set_agent(agent);
         }
+        // Consumers (the embedded stats) see the route as written.
+        ev.route = route;
         let mark = segments::begin_frame(buf);
         record::encode(&ev, bot, route, buf);
         segments::end_frame(buf, mark);
