@@ -86,7 +86,7 @@ pub struct BatchAnswer {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum BatchResult {
-    Created { status: u16, link: LinkView },
+    Created { status: u16, link: Box<LinkView> },
     Refused { status: u16, error: ErrorBody },
 }
 
@@ -267,7 +267,7 @@ impl Admin {
                 match outcome {
                     Ok(rec) => BatchResult::Created {
                         status: StatusCode::CREATED.as_u16(),
-                        link: self.view(rec),
+                        link: Box::new(self.view(rec)),
                     },
                     Err(e) => {
                         let (status, error) = e.into_parts();
