@@ -59,8 +59,34 @@ fn server_client(cfg: &ClickHouseConfig) -> Client {
         .with_validation(false)
 }
 
+/// Columns added to `clicks` after its first release (routing facts), in
+/// order, with their types and defaults: tables made before them get them
+/// from [`add_missing_columns_sql`] (18.16 has no `ADD COLUMN IF NOT
+/// EXISTS`). `rule`/`variant` are -1 for none.
+pub const ADDED_CLICK_COLUMNS: &[(&str, &str)] = &[
+    ("country", "String DEFAULT ''"),
+    ("device", "String DEFAULT ''"),
+    ("os", "String DEFAULT ''"),
+    ("rule", "Int16 DEFAULT -1"),
+    ("variant", "Int16 DEFAULT -1"),
+];
+
+/// The migration of an existing `clicks` table whose columns are `existing`.
+pub fn add_missing_columns_sql(database: &str, existing: &[String]) -> Vec<String> {
+    ADDED_CLICK_COLUMNS
+        .iter()
+        .filter(|(name, _)| !existing.iter().any(|e| e == name))
+        .map(|(name, ty)| format!("ALTER TABLE {database}.{CLICKS_TABLE} ADD COLUMN {name} {ty}"))
+        .collect()
+}
+
 /// The DDL, in order. Idempotent.
 pub fn schema(database: &str) -> Vec<String> {
+    let routing = ADDED_CLICK_COLUMNS
+        .iter()
+        .map(|(name, ty)| format!("{name} {ty}"))
+        .collect::<Vec<_>>()
+        .join(",\n                ");
     let mut ddl = vec![
         format!("CREATE DATABASE IF NOT EXISTS {database}"),
         format!(
@@ -78,7 +104,8 @@ pub fn schema(database: &str) -> Vec<String> {
                 bot UInt8,
                 bot_reason String,
                 edge_node String,
-                salt_epoch UInt64
+                salt_epoch UInt64,
+                {routing}
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMMDD(ts)
             ORDER BY (tenant, code, click_id)"
@@ -112,6 +139,16 @@ pub async fn ensure_schema(cfg: &ClickHouseConfig) -> Result<(), WarehouseError>
     for ddl in schema(&cfg.database) {
         server.query(&ddl).execute().await?;
     }
+    let columns: Vec<String> = server
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+        .bind(&cfg.database)
+        .bind(CLICKS_TABLE)
+        .fetch_all()
+        .await?;
+    for ddl in add_missing_columns_sql(&cfg.database, &columns) {
+        server.query(&ddl).execute().await?;
+        tracing::info!(sql = %ddl, "warehouse: clicks migrated");
+    }
     if had_click_ids == 0 {
         server
             .query(&conversions::backfill_click_ids_sql(&cfg.database))
@@ -140,10 +177,18 @@ pub struct ClickRow<'a> {
     pub bot_reason: &'a str,
     pub edge_node: &'a str,
     pub salt_epoch: u64,
+    /// Two letters, or empty.
+    pub country: &'a str,
+    pub device: &'a str,
+    pub os: &'a str,
+    /// Index of the rule taken, -1 for none.
+    pub rule: i16,
+    /// Index of the variant taken, -1 for none.
+    pub variant: i16,
 }
 
 /// Text fields of a [`ClickRow`], in column order.
-const CLICK_TEXTS: usize = 10;
+const CLICK_TEXTS: usize = 13;
 
 /// A batch of click rows: all their text in one buffer, so a row costs no
 /// allocation of its own (the sink held ten `String`s per row before).
@@ -161,6 +206,8 @@ struct RowAt {
     ts_ms: u64,
     bot: u8,
     salt_epoch: u64,
+    rule: i16,
+    variant: i16,
 }
 
 impl ClickRows {
@@ -177,6 +224,9 @@ impl ClickRows {
             r.sub,
             r.bot_reason,
             r.edge_node,
+            r.country,
+            r.device,
+            r.os,
         ];
         for (end, t) in ends.iter_mut().zip(texts) {
             self.text.push_str(t);
@@ -188,6 +238,8 @@ impl ClickRows {
             ts_ms: r.ts_ms,
             bot: r.bot,
             salt_epoch: r.salt_epoch,
+            rule: r.rule,
+            variant: r.variant,
         });
     }
 
@@ -212,7 +264,7 @@ impl ClickRows {
                 *field = &self.text[start..end as usize];
                 start = end as usize;
             }
-            let [click_id, tenant, code, destination, ip_hash, user_agent, referer, sub, bot_reason, edge_node] =
+            let [click_id, tenant, code, destination, ip_hash, user_agent, referer, sub, bot_reason, edge_node, country, device, os] =
                 t;
             ClickRow {
                 click_id,
@@ -229,6 +281,11 @@ impl ClickRows {
                 bot_reason,
                 edge_node,
                 salt_epoch: r.salt_epoch,
+                country,
+                device,
+                os,
+                rule: r.rule,
+                variant: r.variant,
             }
         })
     }
