@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use clickedge::edge::redirect::decide;
-use clickedge::links::routing::{parse_rules, parse_variants};
+use clickedge::links::routing::{parse_rules, parse_variants, Visit};
 use clickedge::links::{agent, Link};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
@@ -71,6 +71,21 @@ fn decision(c: &mut Criterion) {
         b.iter(|| black_box(decide(&fx.edge, &routed_req, ip, false, now)))
     });
     g.finish();
+    // The routing step alone (what a routed link adds), without the rest
+    // of the decision's noise.
+    let link = routed("routed2");
+    let routing = link.routing().unwrap();
+    let digest = [0x5a; 16];
+    let visit = Visit {
+        now_ms: now,
+        country: [0, 0],
+        user_agent: support::BROWSER_UA.as_bytes(),
+        accept_language: b"en-US,en;q=0.9",
+        ip_digest: &digest,
+    };
+    c.bench_function("routing_choose_8_rules_4_variants", |b| {
+        b.iter(|| black_box(routing.choose(black_box(&visit))))
+    });
 }
 
 fn agents(c: &mut Criterion) {

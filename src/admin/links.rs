@@ -462,11 +462,19 @@ impl Admin {
                 .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
             None => crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to),
         };
-        // Embedded mode only so far: ClickHouse has no routing columns yet.
-        let routes = self
-            .warehouse
-            .is_none()
-            .then(|| routing_stats(&link, &self.stats.breakdown(&link.code, from, to)));
+        let breakdown = match &self.warehouse {
+            Some(w) => tokio::runtime::Handle::current()
+                .block_on(crate::warehouse::link_routing(
+                    &w.client,
+                    &link.tenant,
+                    &link.code,
+                    from,
+                    to,
+                ))
+                .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
+            None => self.stats.breakdown(&link.code, from, to),
+        };
+        let routes = Some(routing_stats(&link, &breakdown));
         let mut answer = serde_json::json!({
             "code": link.code,
             "from": crate::time::rfc3339(from),

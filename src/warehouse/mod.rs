@@ -452,8 +452,20 @@ pub fn stats_sql(
     let counts = "uniqExact(click_id) AS clicks, \
          uniqExactIf(click_id, bot = 0) AS human, \
          uniqExactIf(salt_epoch, ip_hash, bot = 0) AS visitors";
-    // `ts` bounds prune partitions; `ts_ms` bounds are exact.
-    let filter = format!(
+    let filter = link_filter(tenant, code, from_ms, to_ms);
+    (
+        format!("SELECT toInt64(0) AS bucket, {counts} FROM {CLICKS_TABLE} {filter}"),
+        format!(
+            "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {counts} \
+             FROM {CLICKS_TABLE} {filter} GROUP BY bucket ORDER BY bucket"
+        ),
+    )
+}
+
+/// The `WHERE` of one link's clicks over `[from_ms, to_ms)`: `ts` bounds
+/// prune partitions; `ts_ms` bounds are exact.
+fn link_filter(tenant: &str, code: &str, from_ms: i64, to_ms: i64) -> String {
+    format!(
         "WHERE tenant = {} AND code = {} \
          AND ts >= toDateTime({}, 'UTC') AND ts <= toDateTime({}, 'UTC') \
          AND ts_ms >= {} AND ts_ms < {}",
@@ -463,14 +475,70 @@ pub fn stats_sql(
         to_ms.div_euclid(1000).max(0),
         from_ms.max(0),
         to_ms.max(0),
-    );
-    (
-        format!("SELECT toInt64(0) AS bucket, {counts} FROM {CLICKS_TABLE} {filter}"),
-        format!(
-            "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {counts} \
-             FROM {CLICKS_TABLE} {filter} GROUP BY bucket ORDER BY bucket"
-        ),
     )
+}
+
+/// One link's clicks over `[from_ms, to_ms)` by variant, country and
+/// device: rows of `(kind, key, clicks, human)`, exact distinct counts.
+pub fn routing_sql(tenant: &str, code: &str, from_ms: i64, to_ms: i64) -> String {
+    let filter = link_filter(tenant, code, from_ms, to_ms);
+    let part = |kind: &str, key: &str, only: &str| {
+        format!(
+            "SELECT '{kind}' AS kind, {key} AS key, uniqExact(click_id) AS clicks, \
+             uniqExactIf(click_id, bot = 0) AS human FROM {CLICKS_TABLE} {filter} AND {only} \
+             GROUP BY key"
+        )
+    };
+    format!(
+        "SELECT kind, key, clicks, human FROM ({} UNION ALL {} UNION ALL {}) ORDER BY kind, key",
+        part("variant", "toString(variant)", "variant >= 0"),
+        part("country", "country", "country != ''"),
+        part("device", "device", "device != ''"),
+    )
+}
+
+/// [`routing_sql`]'s answer as the embedded stats' [`Breakdown`].
+pub async fn link_routing(
+    client: &Client,
+    tenant: &str,
+    code: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<crate::links::tally::Breakdown, WarehouseError> {
+    #[derive(Row, Deserialize)]
+    struct Part {
+        kind: String,
+        key: String,
+        clicks: u64,
+        human: u64,
+    }
+    let query = client.query(&routing_sql(tenant, code, from_ms, to_ms));
+    let parts: Vec<Part> = run_query(query.fetch_all()).await?;
+    let mut b = crate::links::tally::Breakdown::default();
+    for p in parts {
+        match p.kind.as_str() {
+            "variant" => {
+                if let Ok(i) = p.key.parse::<usize>() {
+                    if b.variants.len() <= i {
+                        b.variants.resize(i + 1, [0, 0]);
+                    }
+                    b.variants[i] = [p.clicks, p.clicks.saturating_sub(p.human)];
+                }
+            }
+            "country" => {
+                let code = crate::links::Route::country_code(p.key.as_bytes());
+                if code != [0, 0] {
+                    b.countries.push((code, p.clicks));
+                }
+            }
+            _ => {
+                if let Some(d) = crate::links::agent::Device::parse(&p.key) {
+                    b.devices[d as usize] += p.clicks;
+                }
+            }
+        }
+    }
+    Ok(b)
 }
 
 /// Stats for one link over `[from_ms, to_ms)`, the same shape as embedded
