@@ -12,8 +12,9 @@
 //! sets as bitsets over the 26×26 code space, device and OS sets as bit
 //! masks, times in milliseconds, one [`Template`] per destination. Deciding
 //! allocates nothing and does no I/O; the user agent is parsed (by
-//! [`super::agent`]) only when a rule asks about the device or OS, and the
-//! `Accept-Language` header is read only when a rule asks about language.
+//! [`super::agent`]) only when a rule whose other conditions hold asks
+//! about the device or OS, and the `Accept-Language` header is read only
+//! when a rule asks about language.
 //!
 //! Variants are sticky without a cookie by weighted rendezvous hashing:
 //! each variant `i` scores `-ln(u_i) / weight_i`, with `u_i` a hash of the
@@ -465,15 +466,26 @@ struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// Cheap conditions first; the agent is asked for (and parsed, once
+    /// per request) only when a rule gets as far as its device or OS.
     #[inline]
-    fn matches(&self, now_ms: i64, country: [u8; 2], agent: Agent, lang: &[u8]) -> bool {
+    fn matches(
+        &self,
+        now_ms: i64,
+        country: [u8; 2],
+        lang: &[u8],
+        agent: &mut impl FnMut() -> Agent,
+    ) -> bool {
         now_ms >= self.after_ms
             && now_ms < self.before_ms
             && self.countries.as_ref().is_none_or(|c| c.contains(country))
-            && (self.devices == 0 || self.devices & (1 << agent.device_code()) != 0)
-            && (self.oses == 0 || self.oses & (1 << agent.os_code()) != 0)
             && (self.languages.is_empty()
                 || self.languages.iter().any(|l| language_matches(l, lang)))
+            && ((self.devices == 0 && self.oses == 0) || {
+                let a = agent();
+                (self.devices == 0 || self.devices & (1 << a.device_code()) != 0)
+                    && (self.oses == 0 || self.oses & (1 << a.os_code()) != 0)
+            })
     }
 }
 
@@ -493,7 +505,6 @@ pub struct Routing {
     variants: Vec<Variant>,
     compiled_rules: Box<[CompiledRule]>,
     compiled_variants: Box<[CompiledVariant]>,
-    needs_agent: bool,
     needs_language: bool,
 }
 
@@ -558,16 +569,12 @@ impl Routing {
                 template: Template::compile(&v.destination, passthrough),
             })
             .collect();
-        let needs_agent = rules
-            .iter()
-            .any(|r| r.when.device.is_some() || r.when.os.is_some());
         let needs_language = rules.iter().any(|r| r.when.language.is_some());
         Some(Routing {
             rules,
             variants,
             compiled_rules,
             compiled_variants,
-            needs_agent,
             needs_language,
         })
     }
@@ -589,22 +596,21 @@ impl Routing {
             country: visit.country,
             ..Route::default()
         };
-        let agent = if self.needs_agent {
-            let a = agent::parse(visit.user_agent);
-            route.set_agent(a);
-            a
-        } else {
-            Agent::default()
-        };
         let lang = if self.needs_language {
             first_language(visit.accept_language)
         } else {
             &[]
         };
-        let hit = self
-            .compiled_rules
-            .iter()
-            .position(|r| r.matches(visit.now_ms, visit.country, agent, lang));
+        let mut parsed: Option<Agent> = None;
+        let hit = {
+            let mut agent = || *parsed.get_or_insert_with(|| agent::parse(visit.user_agent));
+            self.compiled_rules
+                .iter()
+                .position(|r| r.matches(visit.now_ms, visit.country, lang, &mut agent))
+        };
+        if let Some(a) = parsed {
+            route.set_agent(a);
+        }
         if let Some(i) = hit {
             route.rule = i as u8;
         } else if !self.compiled_variants.is_empty() {
