@@ -64,6 +64,8 @@ pub enum ServeError {
     ClickLog(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Geo(#[from] crate::edge::geo::GeoError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -216,6 +218,17 @@ pub async fn serve(
         }
         _ => None,
     };
+    // The geo database is read before anything listens: a bad file stops
+    // start-up with its path.
+    let mmdb = match &config.geo.mmdb {
+        Some(path) => Some(crate::edge::geo::Mmdb::open(path)?),
+        None => None,
+    };
+    let geo = crate::edge::geo::Geo::new(
+        config.geo.country_header.clone(),
+        config.edge.trusted_proxies.clone(),
+        mmdb.as_ref().map(|(db, _)| db.clone()),
+    );
     let limiter = Arc::new(RateLimiter::new(
         &config.edge.rate_limit,
         config.edge.trusted_proxies.clone(),
@@ -227,6 +240,7 @@ pub async fn serve(
         salts: salts.clone(),
         clicklog: clicklog.clone(),
         trusted_proxies: config.edge.trusted_proxies.clone(),
+        geo,
         cookie: CookieTemplate::new(&config.cookie, false),
         secure_cookie: CookieTemplate::new(&config.cookie, true),
         metrics: EdgeMetrics::register(),
@@ -299,6 +313,14 @@ pub async fn serve(
             certs,
             loaded,
             t.reload_interval,
+            shutdown.clone(),
+        ));
+    }
+    if let Some((db, loaded)) = mmdb {
+        tasks.spawn(crate::edge::geo::watch(
+            db,
+            loaded,
+            config.geo.reload_interval,
             shutdown.clone(),
         ));
     }

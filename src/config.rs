@@ -55,6 +55,19 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub log: LogConfig,
     pub postback: PostbackConfig,
+    pub geo: GeoConfig,
+}
+
+/// `[geo]`: where the visitor's country comes from (both optional).
+#[derive(Debug, Clone)]
+pub struct GeoConfig {
+    /// A header a trusted proxy sets to the country (e.g. `CF-IPCountry`),
+    /// believed only from `[edge] trusted_proxies`.
+    pub country_header: Option<http::HeaderName>,
+    /// A MaxMind-format country or city database file.
+    pub mmdb: Option<PathBuf>,
+    /// How often the file is checked for changes.
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +318,15 @@ struct RawConfig {
     retention: RawRetention,
     log: RawLog,
     postback: RawPostback,
+    geo: RawGeo,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeo {
+    country_header: String,
+    mmdb: String,
+    reload_interval_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -639,6 +661,7 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         let postback = validate_postback(raw.postback)?;
+        let geo = validate_geo(raw.geo)?;
         Ok(Config {
             data_dir: raw.data_dir,
             master_key_file: raw.master_key_file,
@@ -655,8 +678,25 @@ impl Config {
             retention,
             log,
             postback,
+            geo,
         })
     }
+}
+
+fn validate_geo(raw: RawGeo) -> Result<GeoConfig, ConfigError> {
+    let header = raw.country_header.trim();
+    let country_header = (!header.is_empty())
+        .then(|| {
+            http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| invalid("geo.country_header", "is not a valid header name"))
+        })
+        .transpose()?;
+    let mmdb = raw.mmdb.trim();
+    Ok(GeoConfig {
+        country_header,
+        mmdb: (!mmdb.is_empty()).then(|| PathBuf::from(mmdb)),
+        reload_interval: millis("geo.reload_interval_ms", raw.reload_interval_ms)?,
+    })
 }
 
 fn validate_postback(raw: RawPostback) -> Result<PostbackConfig, ConfigError> {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clicklog::record::Record;
 use crate::clicklog::{segments, Batch, Consumer, Position};
-use crate::links::tally::{Counts as TallyCounts, Fast, Hours};
-use crate::links::{Link, Tally};
+use crate::links::tally::{Breakdown, Counts as TallyCounts, Fast, Hours};
+use crate::links::{Link, Route, Tally};
 
 const SNAPSHOT_FILE: &str = "stats.snapshot";
 /// The checkpoint's format: 2 since the log is binary and each link records
@@ -104,13 +104,52 @@ impl StatsIndex {
     /// its record.
     #[inline]
     pub fn count(&self, link: &Link, ts_ms: i64, bot: bool, visitor: u64, at: Position) {
+        self.count_routed(link, ts_ms, bot, visitor, &Route::default(), at)
+    }
+
+    /// [`Self::count`] with the click's routing facts.
+    #[inline]
+    pub fn count_routed(
+        &self,
+        link: &Link,
+        ts_ms: i64,
+        bot: bool,
+        visitor: u64,
+        route: &Route,
+        at: Position,
+    ) {
         let tally = link.tally(|| self.tally_of(link.code()));
-        add(&tally, ts_ms, bot, visitor, raw(at));
+        add(&tally, ts_ms, bot, visitor, route, raw(at));
     }
 
     /// Counts one click known by its code only (tests, replay).
     pub fn record(&self, code: &str, ts_ms: i64, bot: bool, visitor: u64) {
-        add(&self.tally_of(code), ts_ms, bot, visitor, (0, 0));
+        add(
+            &self.tally_of(code),
+            ts_ms,
+            bot,
+            visitor,
+            &Route::default(),
+            (0, 0),
+        );
+    }
+
+    /// Clicks of `code` over `[from_ms, to_ms)` by variant, country and
+    /// device (hour resolution, like the rest).
+    pub fn breakdown(&self, code: &str, from_ms: i64, to_ms: i64) -> Breakdown {
+        let mut total = Breakdown::default();
+        let Some(tally) = self.tallies.get(code).map(|t| t.clone()) else {
+            return total;
+        };
+        let lo = from_ms.div_euclid(HOUR_MS);
+        let hi = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS);
+        let counts = tally.lock();
+        for (_, b) in counts.hours.range(lo, hi) {
+            if let Some(r) = &b.routes {
+                total.merge(r);
+            }
+        }
+        total
     }
 
     /// Totals and series over `[from_ms, to_ms)`, buckets aligned to UTC.
@@ -201,7 +240,8 @@ impl StatsIndex {
                 Ok(r) => {
                     let tally = self.tally_of(r.code);
                     if tally.lock().counted_to < raw(at) {
-                        add(&tally, r.ts_ms, r.bot.is_some(), r.visitor_key(), raw(at));
+                        let (bot, visitor) = (r.bot.is_some(), r.visitor_key());
+                        add(&tally, r.ts_ms, bot, visitor, &r.route, raw(at));
                     }
                 }
                 Err(_) => skipped += 1,
@@ -257,10 +297,18 @@ impl StatsIndex {
     }
 }
 
-fn add(tally: &Tally, ts_ms: i64, bot: bool, visitor: u64, at: (u64, u64)) {
+fn add(tally: &Tally, ts_ms: i64, bot: bool, visitor: u64, route: &Route, at: (u64, u64)) {
     let mut counts = tally.lock();
     let b = counts.hours.entry(ts_ms.div_euclid(HOUR_MS));
     b.clicks += 1;
+    if route.variant().is_some() || route.country != [0, 0] || route.device != 0 {
+        b.routes.get_or_insert_with(Default::default).add(
+            route.variant(),
+            bot,
+            Route::country_code(&route.country),
+            route.device,
+        );
+    }
     if bot {
         b.bots += 1;
     } else {
@@ -331,11 +379,12 @@ impl Consumer for StatsFeed {
     fn written(&mut self, batch: &Batch<'_>) {
         for w in batch.clicks {
             let ev = &w.event;
-            self.index.count(
+            self.index.count_routed(
                 &ev.link,
                 ev.ts_ms,
                 w.bot.is_some(),
                 ev.ip_hash.visitor_key(),
+                &ev.route,
                 w.end,
             );
         }
@@ -380,6 +429,58 @@ mod tests {
     use super::*;
 
     const T0: i64 = 1_790_000_000_000 / DAY_MS * DAY_MS; // a UTC midnight
+
+    #[test]
+    fn clicks_are_broken_down_by_variant_country_and_device_and_survive_a_checkpoint() {
+        let s = StatsIndex::default();
+        let link = Link::compile(crate::links::LinkRecord::for_tests(
+            "ab",
+            "t",
+            "https://x.example/",
+        ));
+        let route = |variant: u8, country: &[u8; 2], device: u8| Route {
+            country: *country,
+            device,
+            variant,
+            ..Route::default()
+        };
+        let clicks = [
+            (route(0, b"DE", 2), false, T0),
+            (route(0, b"DE", 1), true, T0 + 1),
+            (route(1, b"US", 1), false, T0 + HOUR_MS),
+            (
+                route(crate::links::routing::NONE, &[0, 0], 0),
+                false,
+                T0 + 2 * HOUR_MS,
+            ),
+            (route(2, b"US", 3), false, T0 + 30 * HOUR_MS),
+        ];
+        for (r, bot, ts) in &clicks {
+            s.count_routed(&link, *ts, *bot, 7, r, Position::default());
+        }
+        let b = s.breakdown("ab", T0, T0 + DAY_MS);
+        assert_eq!(b.variants, vec![[2, 1], [1, 0]]);
+        assert_eq!(b.countries, vec![(*b"DE", 2), (*b"US", 1)]);
+        assert_eq!(
+            b.devices,
+            [0, 2, 1, 0],
+            "the routeless click counts nowhere"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        s.write_checkpoint(dir.path(), Position::default(), 0)
+            .unwrap();
+        let back = StatsIndex::default();
+        back.load_snapshot(dir.path()).unwrap();
+        assert_eq!(
+            back.breakdown("ab", T0, T0 + 2 * DAY_MS),
+            s.breakdown("ab", T0, T0 + 2 * DAY_MS)
+        );
+        assert_eq!(
+            back.breakdown("ab", T0, T0 + 2 * DAY_MS).variants[2],
+            [1, 0]
+        );
+        assert_eq!(s.breakdown("none", T0, T0 + DAY_MS), Breakdown::default());
+    }
 
     #[test]
     fn counts_split_humans_bots_and_unique_visitors() {

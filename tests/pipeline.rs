@@ -648,3 +648,88 @@ fn postbacks_from_two_nodes_reconcile_once_from_clickhouse_through_a_sink_restar
         "{st}"
     );
 }
+
+/// Full mode: a link's variants, countries and devices in its stats come
+/// from ClickHouse and equal what the test sent.
+#[test]
+fn per_variant_country_and_device_stats_come_from_clickhouse() {
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1";
+    let s = stack(
+        "memory",
+        &[
+            ("CLICKEDGE_EDGE__TRUSTED_PROXIES", "[\"127.0.0.0/8\"]"),
+            ("CLICKEDGE_GEO__COUNTRY_HEADER", "CF-IPCountry"),
+        ],
+    );
+    let server = Server::start_with(&env_refs(&s.env));
+    let sink = Sink::start(&s.env);
+    let token = server.token("acme");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let variants = json!([
+        {"destination": "https://a.example/", "weight": 1},
+        {"destination": "https://b.example/", "weight": 1},
+        {"destination": "https://c.example/", "weight": 2},
+    ]);
+    let mut sent = [0u64; 3];
+    let stats = rt.block_on(async {
+        let api = Api::new(&server, token.clone());
+        api.link(
+            json!({"code": "split", "destination": "https://x.example/", "variants": variants}),
+        )
+        .await;
+        let http = common::client();
+        for i in 0..120u32 {
+            let (country, ua) = if i % 3 == 0 {
+                ("DE", IPHONE)
+            } else {
+                ("US", BROWSER_UA)
+            };
+            let r = http
+                .get(server.edge_url("/split"))
+                .header("x-forwarded-for", format!("10.0.{}.{}", i / 200, i % 200))
+                .header("cf-ipcountry", country)
+                .header("user-agent", ua)
+                .send()
+                .await
+                .unwrap();
+            let loc = r.headers()["location"].to_str().unwrap().to_owned();
+            let v = [
+                "https://a.example/",
+                "https://b.example/",
+                "https://c.example/",
+            ]
+            .iter()
+            .position(|d| *d == loc)
+            .unwrap();
+            sent[v] += 1;
+        }
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let (status, st) = api
+                .get(&format!("/v1/links/split/stats?from={today}&to={today}"))
+                .await;
+            if status == 200 && st["clicks"] == 120 {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "stats never reached 120: {st}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let got: Vec<u64> = stats["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["clicks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, sent.to_vec(), "{stats}");
+    assert_eq!(stats["variants"][2]["weight"], 2);
+    assert_eq!(stats["variants"][0]["human_clicks"], sent[0]);
+    assert_eq!(stats["countries"], json!({"DE": 40, "US": 80}), "{stats}");
+    assert_eq!(
+        stats["devices"],
+        json!({"mobile": 40, "desktop": 80}),
+        "{stats}"
+    );
+    drop(sink);
+}

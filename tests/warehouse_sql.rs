@@ -21,7 +21,7 @@ fn statements() -> Vec<String> {
     let mut sql = warehouse::schema(DB);
     let row = |id: &str, ts: &str, ms: i64, ip: &str, bot: u8| {
         format!(
-            "('{id}', '{ts}', {ms}, 'acme', 'x', 'https://shop.example/', '{ip}', 'UA', '', '', {bot}, '', 'n1', 7)"
+            "('{id}', '{ts}', {ms}, 'acme', 'x', 'https://shop.example/', '{ip}', 'UA', '', '', {bot}, '', 'n1', 7, 'DE', 'mobile', 'ios', -1, 0)"
         )
     };
     sql.push(format!(
@@ -333,4 +333,85 @@ fn schema_stats_and_retention_sql_agree_on_clickhouse_18_and_current() {
     assert_eq!(old[q + 3].trim(), "click_ids\t20260304\nclicks\t20251124\nclicks\t20260304\nconversions\t20260303\nconversions\t20260304");
     // After dropping the old day's partition: four distinct, none old.
     assert_eq!(old.last().unwrap().trim(), "4\t0");
+}
+
+/// A `clicks` table made before the routing columns: the migration adds
+/// them on both engines, old rows read their defaults, new rows keep theirs.
+#[test]
+fn a_clicks_table_from_before_routing_gets_its_columns_on_clickhouse_18_and_current() {
+    let old_columns = [
+        "click_id",
+        "ts",
+        "ts_ms",
+        "tenant",
+        "code",
+        "destination",
+        "ip_hash",
+        "user_agent",
+        "referer",
+        "sub",
+        "bot",
+        "bot_reason",
+        "edge_node",
+        "salt_epoch",
+    ];
+    let mut sql = vec![
+        format!("CREATE DATABASE IF NOT EXISTS {DB}"),
+        format!(
+            "CREATE TABLE {DB}.clicks (click_id String, ts DateTime('UTC'), ts_ms UInt64, \
+             tenant String, code String, destination String, ip_hash String, user_agent String, \
+             referer String, sub String, bot UInt8, bot_reason String, edge_node String, \
+             salt_epoch UInt64) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMMDD(ts) \
+             ORDER BY (tenant, code, click_id)"
+        ),
+        format!(
+            "INSERT INTO {DB}.clicks VALUES ('old', '2026-03-04 05:00:00', 1, 'acme', 'x', 'd', 'h', 'UA', '', '', 0, '', 'n', 7)"
+        ),
+    ];
+    let existing: Vec<String> = old_columns.iter().map(|c| c.to_string()).collect();
+    let migration = warehouse::add_missing_columns_sql(DB, &existing);
+    assert_eq!(migration.len(), warehouse::ADDED_CLICK_COLUMNS.len());
+    sql.extend(migration);
+    // Run once more with every column present: nothing left to add.
+    let mut all = existing;
+    all.extend(
+        warehouse::ADDED_CLICK_COLUMNS
+            .iter()
+            .map(|(c, _)| c.to_string()),
+    );
+    assert!(warehouse::add_missing_columns_sql(DB, &all).is_empty());
+    // The schema's own CREATE is a no-op now, and new rows carry the facts.
+    sql.extend(warehouse::schema(DB).into_iter().take(2));
+    sql.push(format!(
+        "INSERT INTO {DB}.clicks VALUES ('new', '2026-03-04 05:00:00', 2, 'acme', 'x', 'd', 'h', 'UA', '', '', 0, '', 'n', 7, 'DE', 'mobile', 'ios', 2, -1)"
+    ));
+    sql.push(format!(
+        "SELECT click_id, country, device, os, rule, variant FROM {DB}.clicks ORDER BY click_id"
+    ));
+    sql.push(format!(
+        "INSERT INTO {DB}.clicks VALUES ('new', '2026-03-04 05:00:00', 2, 'acme', 'x', 'd', 'h', 'UA', '', '', 0, '', 'n', 7, 'DE', 'mobile', 'ios', 2, -1), \
+         ('v0', '2026-03-04 05:00:00', 3, 'acme', 'x', 'd', 'h', 'UA', '', '', 1, 'crawler', 'n', 7, 'US', 'desktop', 'linux', -1, 0), \
+         ('v1', '2026-03-04 05:00:00', 4, 'acme', 'x', 'd', 'h', 'UA', '', '', 0, '', 'n', 7, 'DE', 'desktop', 'macos', -1, 1), \
+         ('v1b', '2026-03-04 05:00:00', 5, 'acme', 'x', 'd', 'h', 'UA', '', '', 0, '', 'n', 7, '', '', '', -1, 1)"
+    ));
+    sql.push(in_db(warehouse::routing_sql(
+        "acme",
+        "x",
+        0,
+        DAY_MS + 86_400_000,
+    )));
+    let ch = ClickHouse::start();
+    let old = run_server(&ch, &sql);
+    let new = run_chdb(&sql);
+    let at = |answers: &[String], back: usize| answers[answers.len() - 1 - back].trim().to_owned();
+    let want = "new\tDE\tmobile\tios\t2\t-1\nold\t\t\t\t-1\t-1";
+    assert_eq!(at(&old, 2), want);
+    assert_eq!(at(&new, 2), want);
+    // By variant (v0's only click a bot; `new` re-delivered counts once),
+    // country and device.
+    let want = "country\tDE\t2\t2\ncountry\tUS\t1\t0\n\
+                device\tdesktop\t2\t1\ndevice\tmobile\t1\t1\n\
+                variant\t0\t1\t0\nvariant\t1\t2\t2";
+    assert_eq!(at(&old, 0), want);
+    assert_eq!(at(&new, 0), want);
 }

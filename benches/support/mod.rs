@@ -38,6 +38,8 @@ pub fn record(code: String, destination: &str) -> LinkRecord {
         deleted: false,
         tags: vec![],
         passthrough: true,
+        rules: vec![],
+        variants: vec![],
     }
 }
 
@@ -106,6 +108,7 @@ pub fn fixture(links: usize) -> Fixture {
         salts,
         clicklog,
         trusted_proxies: vec![],
+        geo: Default::default(),
         cookie: CookieTemplate::new(&cookie_cfg, false),
         secure_cookie: CookieTemplate::new(&cookie_cfg, true),
         metrics: EdgeMetrics::register(),
@@ -145,8 +148,14 @@ pub fn redirect_and_encode(
         panic!("expected a redirect")
     };
     buf.clear();
-    let bot = classifier.classify(event.user_agent(), event.signals);
-    clickedge::clicklog::record::encode(&event, bot, Default::default(), buf);
+    // As the click-log writer does it: device and OS from the cached
+    // classifier unless the edge already parsed them.
+    let (bot, agent) = classifier.classify_with_agent(event.user_agent(), event.signals);
+    let mut route = event.route;
+    if !route.has_agent() {
+        route.set_agent(agent);
+    }
+    clickedge::clicklog::record::encode(&event, bot, route, buf);
     (location, cookie)
 }
 

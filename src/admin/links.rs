@@ -7,8 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::auth::Principal;
 use super::error::{ApiError, ErrorBody};
 use super::Admin;
+use crate::links::routing::{parse_rules, parse_variants, RoutingError};
 use crate::links::validate::{is_valid_code, normalize_destination};
-use crate::links::LinkRecord;
+use crate::links::{LinkRecord, Rule, Variant};
 use crate::stats::{Counts, Interval, SeriesPoint, MAX_SERIES_POINTS};
 use crate::store::{NewLink, StoreError};
 use crate::time::{parse_range_bound, RangeEnd};
@@ -46,6 +47,11 @@ pub struct CreateBody {
     passthrough: Option<bool>,
     /// Only admin tokens may create links for another tenant.
     tenant: Option<String>,
+    /// Checked field by field by `links::routing` (errors name the index).
+    #[serde(default)]
+    rules: serde_json::Value,
+    #[serde(default)]
+    variants: serde_json::Value,
 }
 
 /// serde_json's own recursion limit. Batch items are skimmed as raw text
@@ -103,7 +109,7 @@ pub struct BatchAnswer {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
-    Created { status: u16, link: LinkView },
+    Created { status: u16, link: Box<LinkView> },
     Refused { status: u16, error: ErrorBody },
 }
 
@@ -120,6 +126,11 @@ pub struct PatchBody {
     redirect: Option<u16>,
     tags: Option<Vec<String>>,
     passthrough: Option<bool>,
+    /// `null` or `[]` removes them; absent leaves them.
+    #[serde(default, deserialize_with = "present")]
+    rules: Option<Option<serde_json::Value>>,
+    #[serde(default, deserialize_with = "present")]
+    variants: Option<Option<serde_json::Value>>,
 }
 
 /// Distinguishes `"k": null` (Some(None)) from an absent key (None).
@@ -146,6 +157,12 @@ pub struct LinkView {
     pub disabled: bool,
     pub tags: Vec<String>,
     pub passthrough: bool,
+    /// Routing rules, first match wins (see the contract's "Routing rules").
+    #[schema(value_type = Vec<Object>)]
+    pub rules: Vec<Rule>,
+    /// Weighted variants, used when no rule matched.
+    #[schema(value_type = Vec<Object>)]
+    pub variants: Vec<Variant>,
 }
 
 /// One page of `GET /v1/links`, in code order.
@@ -175,6 +192,10 @@ pub struct LinkStats {
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub revenue: crate::postback::reconcile::Money,
     pub series: Vec<SeriesPoint>,
+    /// `variants` (clicks per variant), `countries` and `devices`.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub routing: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Admin {
@@ -193,6 +214,8 @@ impl Admin {
             disabled: l.disabled,
             tags: l.tags,
             passthrough: l.passthrough,
+            rules: l.rules,
+            variants: l.variants,
         }
     }
 
@@ -243,6 +266,8 @@ impl Admin {
             deleted: false,
             tags: tags(body.tags.unwrap_or_default())?,
             passthrough: body.passthrough.unwrap_or(true),
+            rules: rules(&body.rules)?,
+            variants: variants(&body.variants)?,
         };
         Ok(NewLink {
             code: body.code,
@@ -356,7 +381,7 @@ impl Admin {
                 match outcome {
                     Ok(rec) => BatchResult::Created {
                         status: StatusCode::CREATED.as_u16(),
-                        link: self.view(rec),
+                        link: Box::new(self.view(rec)),
                     },
                     Err(e) => {
                         let (status, error) = e.into_parts();
@@ -395,6 +420,15 @@ impl Admin {
             None => None,
         };
         let tags = body.tags.map(tags).transpose()?;
+        let null = serde_json::Value::Null;
+        let rules = body
+            .rules
+            .map(|v| rules(v.as_ref().unwrap_or(&null)))
+            .transpose()?;
+        let variants = body
+            .variants
+            .map(|v| variants(v.as_ref().unwrap_or(&null)))
+            .transpose()?;
         let rec = self.store.update_link::<ApiError>(code, |l| {
             if !who.can_see(&l.tenant) {
                 return Err(ApiError::not_found("link"));
@@ -410,6 +444,14 @@ impl Admin {
             }
             if let Some(t) = tags {
                 l.tags = t;
+            }
+            // The new rules and variants replace the old in one record:
+            // the edge sees the old link or the new, never a mix.
+            if let Some(r) = rules {
+                l.rules = r;
+            }
+            if let Some(v) = variants {
+                l.variants = v;
             }
             if let Some(d) = body.disabled {
                 l.disabled = d;
@@ -533,6 +575,19 @@ impl Admin {
                 .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
             None => crate::postback::reconcile::link_totals(&self.ledger, &link.code, from, to),
         };
+        let breakdown = match &self.warehouse {
+            Some(w) => tokio::runtime::Handle::current()
+                .block_on(crate::warehouse::link_routing(
+                    &w.client,
+                    &link.tenant,
+                    &link.code,
+                    from,
+                    to,
+                ))
+                .map_err(|e| super::warehouse_unavailable("stats_unavailable", &e))?,
+            None => self.stats.breakdown(&link.code, from, to),
+        };
+        let routing = routing_stats(&link, &breakdown);
         Ok(LinkStats {
             code: link.code,
             from: crate::time::rfc3339(from),
@@ -545,8 +600,53 @@ impl Admin {
             conversions,
             revenue,
             series,
+            routing,
         })
     }
+}
+
+/// `variants` (the link's current ones, with their clicks), `countries`
+/// and `devices` of a link's stats.
+fn routing_stats(
+    link: &LinkRecord,
+    b: &crate::links::tally::Breakdown,
+) -> serde_json::Map<String, serde_json::Value> {
+    use crate::links::agent::Device;
+    let variants: Vec<serde_json::Value> = link
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let [clicks, bots] = b.variants.get(i).copied().unwrap_or_default();
+            serde_json::json!({
+                "destination": v.destination,
+                "weight": v.weight,
+                "clicks": clicks,
+                "human_clicks": clicks - bots,
+            })
+        })
+        .collect();
+    let countries: serde_json::Map<String, serde_json::Value> = b
+        .countries
+        .iter()
+        .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), (*n).into()))
+        .collect();
+    let devices: serde_json::Map<String, serde_json::Value> = b
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        // Clicks without a user agent have no device and are not listed.
+        .filter_map(|(code, n)| {
+            let device = Device::from_code(code as u8)?;
+            Some((device.as_str().to_owned(), (*n).into()))
+        })
+        .collect();
+    let mut out = serde_json::Map::new();
+    out.insert("variants".into(), variants.into());
+    out.insert("countries".into(), countries.into());
+    out.insert("devices".into(), devices.into());
+    out
 }
 
 fn bound(v: &str, end: RangeEnd, name: &str) -> Result<i64, ApiError> {
@@ -591,6 +691,14 @@ fn tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(tags)
+}
+
+fn rules(v: &serde_json::Value) -> Result<Vec<Rule>, ApiError> {
+    parse_rules(v).map_err(|e: RoutingError| ApiError::invalid("invalid_rules", e.to_string()))
+}
+
+fn variants(v: &serde_json::Value) -> Result<Vec<Variant>, ApiError> {
+    parse_variants(v).map_err(|e| ApiError::invalid("invalid_variants", e.to_string()))
 }
 
 fn store_error(e: StoreError) -> ApiError {

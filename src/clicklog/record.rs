@@ -33,31 +33,9 @@ const HEADER: usize = 54;
 /// capped: user agent 512, referer 1024, sub 256, destination 2048, code
 /// 64; a tenant name is short). Framing uses it to tell garbage from data.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
-/// "No rule" / "no variant" in the routing bytes.
-pub const NONE: u8 = 0xff;
-
-/// Routing facts of a click (geo, device, the rule or variant it took).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// ISO 3166-1 alpha-2, or zeros when unknown.
-    pub country: [u8; 2],
-    pub device: u8,
-    pub os: u8,
-    pub rule: u8,
-    pub variant: u8,
-}
-
-impl Default for Route {
-    fn default() -> Route {
-        Route {
-            country: [0, 0],
-            device: 0,
-            os: 0,
-            rule: NONE,
-            variant: NONE,
-        }
-    }
-}
+/// Routing facts of a click (geo, device, the rule or variant it took);
+/// `NONE` is "no rule" / "no variant" in the routing bytes.
+pub use crate::links::routing::{Route, NONE};
 
 /// Appends the payload of `ev` (classified as `bot`) to `out`.
 pub fn encode(ev: &ClickEvent, bot: Option<BotReason>, route: Route, out: &mut Vec<u8>) {
@@ -72,7 +50,7 @@ pub fn encode(ev: &ClickEvent, bot: Option<BotReason>, route: Route, out: &mut V
             click_id: ev.click_id.as_str(),
             tenant: link.tenant(),
             code: link.code(),
-            destination: link.destination(),
+            destination: link.destination_for(&route),
             user_agent: ev.user_agent(),
             referer: ev.referer(),
             sub: ev.sub(),
@@ -148,7 +126,13 @@ pub fn encode_wire(ev: &WireClick<'_>, out: &mut Vec<u8>) {
                 } else {
                     None
                 }),
-            route: Route::default(),
+            route: Route {
+                country: Route::country_code(ev.country.as_bytes()),
+                device: crate::links::agent::Device::parse(&ev.device).map_or(0, |d| d as u8),
+                os: crate::links::agent::Os::parse(&ev.os).map_or(0, |o| o as u8),
+                rule: ev.rule.unwrap_or(NONE),
+                variant: ev.variant.unwrap_or(NONE),
+            },
             ts_ms: ev.ts.0,
             epoch: ev.salt_epoch,
             digest,
@@ -312,6 +296,19 @@ impl<'a> Record<'a> {
         text(out, "edge_node", edge_node);
         out.extend_from_slice(b",\"salt_epoch\":");
         json::push_u64(out, self.salt_epoch);
+        text(out, "country", self.route.country_str());
+        text(out, "device", self.route.device_str());
+        text(out, "os", self.route.os_str());
+        let index = |out: &mut Vec<u8>, key, value: Option<u8>| {
+            out.push(b',');
+            json::push_key(out, key);
+            match value {
+                Some(i) => json::push_u64(out, u64::from(i)),
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        index(out, "rule", self.route.rule());
+        index(out, "variant", self.route.variant());
         out.push(b'}');
     }
 
@@ -333,6 +330,11 @@ impl<'a> Record<'a> {
             bot_reason: self.bot.map(|b| Borrowed(b.as_str())),
             edge_node: Borrowed(edge_node),
             salt_epoch: self.salt_epoch,
+            country: std::borrow::Cow::Owned(self.route.country_str().to_owned()),
+            device: Borrowed(self.route.device_str()),
+            os: Borrowed(self.route.os_str()),
+            rule: self.route.rule(),
+            variant: self.route.variant(),
         }
     }
 }

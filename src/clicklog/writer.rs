@@ -257,10 +257,18 @@ impl Writer {
     }
 
     /// Classifies `ev` and appends its framed record to `buf`.
-    fn encode(&mut self, ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Written>) {
-        let bot = self.classifier.classify(ev.user_agent(), ev.signals);
+    fn encode(&mut self, mut ev: ClickEvent, buf: &mut Vec<u8>, pending: &mut Vec<Written>) {
+        let (bot, agent) = self
+            .classifier
+            .classify_with_agent(ev.user_agent(), ev.signals);
+        let mut route = ev.route;
+        if !route.has_agent() {
+            route.set_agent(agent);
+        }
+        // Consumers (the embedded stats) see the route as written.
+        ev.route = route;
         let mark = segments::begin_frame(buf);
-        record::encode(&ev, bot, record::Route::default(), buf);
+        record::encode(&ev, bot, route, buf);
         segments::end_frame(buf, mark);
         let end = Position {
             segment: self.position.segment,

@@ -2,10 +2,14 @@
 //!
 //! The user-agent lists live in `config/bots.toml` (compiled in) and are
 //! matched with one Aho-Corasick automaton per list. Classification runs on
-//! the click-log writer thread, never on the redirect path.
+//! the click-log writer thread, never on the redirect path; the cached
+//! classifier also keeps each agent's device and OS ([`agent::parse`]), so
+//! the writer reads an agent once for both.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde::Deserialize;
+
+use crate::links::agent::{self, Agent};
 
 const BOTS_TOML: &str = include_str!("../../config/bots.toml");
 
@@ -119,7 +123,9 @@ fn classify_signals(signals: Signals) -> Option<BotReason> {
 /// the scans it would have cost anyway).
 pub struct CachedClassifier {
     classifier: BotClassifier,
-    verdicts: std::collections::HashMap<Box<str>, Option<BotReason>>,
+    /// The verdict and the agent's device and OS (parsed in the same
+    /// visit, so each distinct agent is read once).
+    verdicts: std::collections::HashMap<Box<str>, (Option<BotReason>, Agent)>,
     capacity: usize,
 }
 
@@ -133,10 +139,22 @@ impl CachedClassifier {
     }
 
     pub fn classify(&mut self, user_agent: &str, signals: Signals) -> Option<BotReason> {
-        let verdict = match self.verdicts.get(user_agent) {
+        self.classify_with_agent(user_agent, signals).0
+    }
+
+    /// The verdict, and the device and OS the agent names.
+    pub fn classify_with_agent(
+        &mut self,
+        user_agent: &str,
+        signals: Signals,
+    ) -> (Option<BotReason>, Agent) {
+        let (verdict, agent) = match self.verdicts.get(user_agent) {
             Some(v) => *v,
             None => {
-                let v = self.classifier.classify_user_agent(user_agent);
+                let v = (
+                    self.classifier.classify_user_agent(user_agent),
+                    agent::parse(user_agent.as_bytes()),
+                );
                 if self.verdicts.len() >= self.capacity {
                     self.verdicts.clear();
                 }
@@ -144,7 +162,7 @@ impl CachedClassifier {
                 v
             }
         };
-        verdict.or_else(|| classify_signals(signals))
+        (verdict.or_else(|| classify_signals(signals)), agent)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::links::Link;
+use crate::links::{Link, Route};
 pub use bots::{BotClassifier, BotReason, CachedClassifier, Signals};
 pub use id::{ClickId, ClickIds};
 pub use iphash::{IpHash, SaltRatchet};
@@ -37,6 +37,9 @@ pub struct ClickEvent {
     pub link: Arc<Link>,
     pub ip_hash: IpHash,
     pub signals: Signals,
+    /// The routing decided on the edge; its device and OS are 0 when the
+    /// link's rules did not need them (the writer fills them in).
+    pub route: Route,
     text: String,
     ua_end: u32,
     referer_end: u32,
@@ -74,6 +77,7 @@ impl ClickEvent {
             link,
             ip_hash,
             signals,
+            route: Route::default(),
             text,
             ua_end,
             referer_end,
@@ -122,6 +126,21 @@ pub struct WireClick<'a> {
     pub edge_node: Cow<'a, str>,
     #[serde(default)]
     pub salt_epoch: u64,
+    /// ISO 3166-1 alpha-2, empty when unknown (v2; absent in older events).
+    #[serde(borrow, default)]
+    pub country: Cow<'a, str>,
+    /// `mobile`, `tablet`, `desktop`, or empty when unknown.
+    #[serde(borrow, default)]
+    pub device: Cow<'a, str>,
+    /// `ios`, `android`, `windows`, `macos`, `linux`, `other`, or empty.
+    #[serde(borrow, default)]
+    pub os: Cow<'a, str>,
+    /// The index of the rule the click took, if any.
+    #[serde(default)]
+    pub rule: Option<u8>,
+    /// The index of the variant the click took, if any.
+    #[serde(default)]
+    pub variant: Option<u8>,
 }
 
 /// Unix milliseconds serialised as RFC 3339 UTC with milliseconds.

@@ -5,6 +5,7 @@
 //! (one `ArcSwap` load) and the salt ratchet (another).
 
 pub mod client_ip;
+pub mod geo;
 pub mod ratelimit;
 pub mod redirect;
 pub mod shed;
@@ -27,6 +28,8 @@ pub struct Edge {
     pub salts: Arc<SaltRatchet>,
     pub clicklog: ClickLog,
     pub trusted_proxies: Vec<IpNet>,
+    /// The visitor's country, for rules and events.
+    pub geo: geo::Geo,
     pub cookie: CookieTemplate,
     /// The same cookie with `Secure`, for requests that came over TLS.
     pub secure_cookie: CookieTemplate,

@@ -1,8 +1,9 @@
 //! The redirect hot path.
 //!
 //! [`decide`] is everything a redirect costs except the hand-off: one table
-//! load, one lookup, a click id, an IP hash, the `Location` and cookie
-//! headers and the event. No lock, no await, no I/O. [`handle`] adds the
+//! load, one lookup, a click id, an IP hash, the country (when geo is
+//! configured), the link's rules and variants (when it has any), the
+//! `Location` and cookie headers and the event. No lock, no await, no I/O. [`handle`] adds the
 //! click-log hand-off (the only place that may wait, and only under the
 //! `backpressure` overflow policy) and the response.
 
@@ -12,8 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER, RETRY_AFTER, SET_COOKIE,
-    USER_AGENT,
+    HeaderValue, ACCEPT_LANGUAGE, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, REFERER,
+    RETRY_AFTER, SET_COOKIE, USER_AGENT,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -22,6 +23,7 @@ use super::ratelimit::{too_many_requests, Class, Verdict};
 use super::{client_ip::client_ip, Edge};
 use crate::clicklog::Recorded;
 use crate::clicks::{bots, ClickEvent, ClientText, Signals, MAX_SUB_BYTES};
+use crate::links::routing::{Route, Visit};
 use crate::links::template::{query_param, Vars};
 use crate::links::{validate::is_valid_code, LinkState};
 use crate::server::{Body, Peer};
@@ -85,6 +87,25 @@ pub fn decide<B>(
         return Decision::Gone;
     }
     let click_id = edge.ids.mint(now_ms as u64);
+    let headers = req.headers();
+    let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+    let ip = client_ip(peer, headers, &edge.trusted_proxies);
+    let ip_hash = edge.salts.hash(ip, now_ms as u64);
+    let country = edge.geo.country(peer, ip, headers);
+    // A plain link pays one pointer test here; see `links::routing`.
+    let route = match link.routing() {
+        None => Route {
+            country,
+            ..Route::default()
+        },
+        Some(routing) => routing.choose(&Visit {
+            now_ms,
+            country,
+            user_agent: header(USER_AGENT),
+            accept_language: header(ACCEPT_LANGUAGE),
+            ip_digest: &ip_hash.digest,
+        }),
+    };
     let query = req.uri().query();
     let sub = query_param(query, "sub").unwrap_or_default();
     let sub = truncate(&sub, MAX_SUB_BYTES);
@@ -96,7 +117,7 @@ pub fn decide<B>(
     // Render into a reused buffer, then copy once at the exact length.
     let location = LOCATION_BUF.with_borrow_mut(|buf| {
         buf.clear();
-        link.render_into(&vars, query, buf);
+        link.render_routed_into(&route, &vars, query, buf);
         HeaderValue::from_maybe_shared(Bytes::copy_from_slice(buf.as_bytes()))
     });
     let Ok(location) = location else {
@@ -108,16 +129,12 @@ pub fn decide<B>(
         &edge.cookie
     }
     .render(click_id.as_str());
-    let headers = req.headers();
-    let ip = client_ip(peer, headers, &edge.trusted_proxies);
-    let ip_hash = edge.salts.hash(ip, now_ms as u64);
     let signals = Signals {
         head: req.method() == Method::HEAD,
         prefetch: bots::is_prefetch(headers),
     };
-    let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
     let status = link.status();
-    let event = ClickEvent::new(
+    let mut event = ClickEvent::new(
         click_id,
         now_ms,
         link,
@@ -129,6 +146,7 @@ pub fn decide<B>(
             sub,
         },
     );
+    event.route = route;
     Decision::Redirect {
         status,
         location,

@@ -3,6 +3,8 @@
 //!
 //! Nothing in here touches the network.
 
+pub mod agent;
+pub mod routing;
 pub mod table;
 pub mod tally;
 pub mod template;
@@ -16,6 +18,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+pub use routing::{Route, Routing, Rule, Variant};
 pub use table::{LinkTable, SharedLinkTable};
 pub use tally::Tally;
 pub use template::Template;
@@ -38,6 +41,13 @@ pub struct LinkRecord {
     #[serde(default)]
     pub tags: Vec<String>,
     pub passthrough: bool,
+    /// Routing rules, first match wins (see [`routing`]); absent in store
+    /// files written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// Weighted variants, used when no rule matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
 }
 
 #[cfg(test)]
@@ -57,6 +67,8 @@ impl LinkRecord {
             deleted: false,
             tags: vec![],
             passthrough: true,
+            rules: vec![],
+            variants: vec![],
         }
     }
 }
@@ -104,12 +116,14 @@ pub struct Link {
 /// chrono can hold).
 const NEVER: i64 = i64::MAX;
 
-/// Whose a link is and how it is labelled. A tenant's untagged links share
-/// one (see [`Owner::tenant`]); a link with tags has its own.
+/// Whose a link is, and what only some links carry (tags, rules and
+/// variants). A tenant's plain links share one (see [`Owner::tenant`]); a
+/// link with tags or routing has its own.
 #[derive(Debug)]
 pub struct Owner {
     tenant: String,
     tags: Vec<String>,
+    routing: Option<Routing>,
 }
 
 impl Owner {
@@ -118,16 +132,18 @@ impl Owner {
         Arc::new(Owner {
             tenant: name,
             tags: Vec::new(),
+            routing: None,
         })
     }
 
-    fn with_tags(self: &Arc<Owner>, tags: Vec<String>) -> Arc<Owner> {
-        if tags.is_empty() {
+    fn with(self: &Arc<Owner>, tags: Vec<String>, routing: Option<Routing>) -> Arc<Owner> {
+        if tags.is_empty() && routing.is_none() {
             return self.clone();
         }
         Arc::new(Owner {
             tenant: self.tenant.clone(),
             tags,
+            routing,
         })
     }
 }
@@ -143,6 +159,12 @@ impl Link {
     pub fn compile_for(mut record: LinkRecord, owner: &Arc<Owner>) -> Link {
         debug_assert!(record.tenant.is_empty() || owner.tenant == record.tenant);
         let template = Template::compile(&record.destination, record.passthrough);
+        let routing = Routing::compile(
+            record.rules,
+            record.variants,
+            &record.code,
+            record.passthrough,
+        );
         // Codes are at most 64 bytes (`validate::MAX_CODE_LEN`).
         let code_len = u8::try_from(record.code.len()).expect("a code is at most 255 bytes");
         let mut text = String::with_capacity(record.code.len() + record.destination.len());
@@ -150,7 +172,7 @@ impl Link {
         text.push_str(&record.destination);
         Link {
             text: text.into_boxed_str(),
-            owner: owner.with_tags(std::mem::take(&mut record.tags)),
+            owner: owner.with(std::mem::take(&mut record.tags), routing),
             created_at_ms: record.created_at.timestamp_millis(),
             updated_at_ms: record.updated_at.timestamp_millis(),
             expires_at_ms: record.expires_at.map_or(NEVER, |t| t.timestamp_millis()),
@@ -180,6 +202,8 @@ impl Link {
             deleted: false,
             tags: vec![],
             passthrough: false,
+            rules: vec![],
+            variants: vec![],
         })
     }
 
@@ -198,6 +222,14 @@ impl Link {
             deleted: self.deleted,
             tags: self.owner.tags.clone(),
             passthrough: self.template.passthrough(),
+            rules: self
+                .routing()
+                .map(|r| r.rules().to_vec())
+                .unwrap_or_default(),
+            variants: self
+                .routing()
+                .map(|r| r.variants().to_vec())
+                .unwrap_or_default(),
         }
     }
 
@@ -223,6 +255,38 @@ impl Link {
     pub fn render_into(&self, vars: &template::Vars<'_>, query: Option<&str>, out: &mut String) {
         self.template
             .render_into(self.destination(), vars, query, out)
+    }
+
+    /// The link's rules and variants, if it has any.
+    #[inline]
+    pub fn routing(&self) -> Option<&Routing> {
+        self.owner.routing.as_ref()
+    }
+
+    /// Appends the `Location` for a request that took `route`: the rule's
+    /// or variant's destination, or the link's own.
+    #[inline]
+    pub fn render_routed_into(
+        &self,
+        route: &Route,
+        vars: &template::Vars<'_>,
+        query: Option<&str>,
+        out: &mut String,
+    ) {
+        let routed = self
+            .routing()
+            .is_some_and(|r| r.render_into(route, vars, query, out));
+        if !routed {
+            self.render_into(vars, query, out);
+        }
+    }
+
+    /// The destination a request that took `route` was sent to (before
+    /// macros and passthrough).
+    pub fn destination_for(&self, route: &Route) -> &str {
+        self.routing()
+            .and_then(|r| r.target(route))
+            .map_or_else(|| self.destination(), |(d, _)| d)
     }
 
     pub fn code(&self) -> &str {
@@ -274,6 +338,8 @@ mod tests {
             deleted: false,
             tags: vec!["promo".into(), "q1".into()],
             passthrough: false,
+            rules: vec![],
+            variants: vec![],
         };
         let link = Link::compile(record.clone());
         assert_eq!(link.to_record(), record);
@@ -304,6 +370,8 @@ mod tests {
             deleted: false,
             tags: vec![],
             passthrough: true,
+            rules: vec![],
+            variants: vec![],
         };
         let link = Link::compile(record);
         let t = now.timestamp_millis();

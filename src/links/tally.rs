@@ -26,6 +26,66 @@ pub struct Bucket {
     pub clicks: u64,
     pub bots: u64,
     pub visitors: HashSet<u64, Fast>,
+    /// Clicks by variant, country and device; `None` until a click with
+    /// any of them (absent in checkpoints written before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Box<Breakdown>>,
+}
+
+/// An hour's clicks by routing fact.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// By variant index: `[clicks, bot clicks]`.
+    #[serde(default)]
+    pub variants: Vec<[u64; 2]>,
+    /// By country (two upper-case letters): clicks, in first-seen order.
+    #[serde(default)]
+    pub countries: Vec<([u8; 2], u64)>,
+    /// By device code (0 = unknown, then desktop, mobile, tablet): clicks.
+    #[serde(default)]
+    pub devices: [u64; 4],
+}
+
+impl Breakdown {
+    /// Counts one click that took `variant` (if any), from `country`
+    /// (zeros: unknown) on `device` (its code).
+    pub fn add(&mut self, variant: Option<u8>, bot: bool, country: [u8; 2], device: u8) {
+        if let Some(v) = variant {
+            let v = usize::from(v);
+            if self.variants.len() <= v {
+                self.variants.resize(v + 1, [0, 0]);
+            }
+            self.variants[v][0] += 1;
+            self.variants[v][1] += u64::from(bot);
+        }
+        if country != [0, 0] {
+            match self.countries.iter_mut().find(|(c, _)| *c == country) {
+                Some((_, n)) => *n += 1,
+                None => self.countries.push((country, 1)),
+            }
+        }
+        self.devices[usize::from(device).min(3)] += 1;
+    }
+
+    /// Adds another hour's numbers to these.
+    pub fn merge(&mut self, other: &Breakdown) {
+        if self.variants.len() < other.variants.len() {
+            self.variants.resize(other.variants.len(), [0, 0]);
+        }
+        for (mine, theirs) in self.variants.iter_mut().zip(&other.variants) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+        }
+        for (country, n) in &other.countries {
+            match self.countries.iter_mut().find(|(c, _)| c == country) {
+                Some((_, m)) => *m += n,
+                None => self.countries.push((*country, *n)),
+            }
+        }
+        for (mine, theirs) in self.devices.iter_mut().zip(other.devices) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// Hourly buckets in hour order. A sorted `Vec` rather than a `BTreeMap`:

@@ -125,8 +125,22 @@ fn parse_click(payload: &[u8], clicks: &mut ClickRows) -> Result<(), Poison> {
         bot_reason: ev.bot_reason.as_deref().unwrap_or_default(),
         edge_node: &ev.edge_node,
         salt_epoch: ev.salt_epoch,
+        country: short("country", &ev.country)?,
+        device: short("device", &ev.device)?,
+        os: short("os", &ev.os)?,
+        rule: ev.rule.map_or(-1, i16::from),
+        variant: ev.variant.map_or(-1, i16::from),
     });
     Ok(())
+}
+
+/// A routing fact: empty (older events, unknown) or a short name.
+fn short<'a>(name: &str, value: &'a str) -> Result<&'a str, Poison> {
+    if value.len() > 16 {
+        Err(Poison::Invalid(format!("{name} longer than 16 bytes")))
+    } else {
+        Ok(value)
+    }
 }
 
 fn field(name: &str, value: &str, max: usize) -> Result<(), Poison> {
@@ -202,6 +216,31 @@ mod tests {
         assert_eq!(row.salt_epoch, 7);
         assert_eq!((row.tenant, row.code, row.sub), ("acme", "spring", "s1"));
         assert_eq!(rows.len(), 1);
+        // An event from before routing: no facts, no rule, no variant.
+        assert_eq!((row.country, row.device, row.os), ("", "", ""));
+        assert_eq!((row.rule, row.variant), (-1, -1));
+    }
+
+    #[test]
+    fn routing_facts_reach_the_row_and_oversized_ones_are_poison() {
+        let routed = GOOD.replace(
+            "\"salt_epoch\":7}",
+            "\"salt_epoch\":7,\"country\":\"DE\",\"device\":\"mobile\",\"os\":\"ios\",\"rule\":null,\"variant\":3}",
+        );
+        let mut rows = ClickRows::default();
+        assert!(matches!(
+            click(routed.as_bytes(), &mut rows),
+            Decoded::Click
+        ));
+        let row = rows.iter().next().unwrap();
+        assert_eq!((row.country, row.device, row.os), ("DE", "mobile", "ios"));
+        assert_eq!((row.rule, row.variant), (-1, 3));
+        assert_eq!(row.salt_epoch, 7);
+        let huge = routed.replace("\"DE\"", &format!("\"{}\"", "D".repeat(100)));
+        assert!(matches!(
+            click(huge.as_bytes(), &mut ClickRows::default()),
+            Decoded::Poison(Poison::Invalid(_))
+        ));
     }
 
     #[test]

@@ -59,8 +59,34 @@ fn server_client(cfg: &ClickHouseConfig) -> Client {
         .with_validation(false)
 }
 
+/// Columns added to `clicks` after its first release (routing facts), in
+/// order, with their types and defaults: tables made before them get them
+/// from [`add_missing_columns_sql`] (18.16 has no `ADD COLUMN IF NOT
+/// EXISTS`). `rule`/`variant` are -1 for none.
+pub const ADDED_CLICK_COLUMNS: &[(&str, &str)] = &[
+    ("country", "String DEFAULT ''"),
+    ("device", "String DEFAULT ''"),
+    ("os", "String DEFAULT ''"),
+    ("rule", "Int16 DEFAULT -1"),
+    ("variant", "Int16 DEFAULT -1"),
+];
+
+/// The migration of an existing `clicks` table whose columns are `existing`.
+pub fn add_missing_columns_sql(database: &str, existing: &[String]) -> Vec<String> {
+    ADDED_CLICK_COLUMNS
+        .iter()
+        .filter(|(name, _)| !existing.iter().any(|e| e == name))
+        .map(|(name, ty)| format!("ALTER TABLE {database}.{CLICKS_TABLE} ADD COLUMN {name} {ty}"))
+        .collect()
+}
+
 /// The DDL, in order. Idempotent.
 pub fn schema(database: &str) -> Vec<String> {
+    let routing = ADDED_CLICK_COLUMNS
+        .iter()
+        .map(|(name, ty)| format!("{name} {ty}"))
+        .collect::<Vec<_>>()
+        .join(",\n                ");
     let mut ddl = vec![
         format!("CREATE DATABASE IF NOT EXISTS {database}"),
         format!(
@@ -78,7 +104,8 @@ pub fn schema(database: &str) -> Vec<String> {
                 bot UInt8,
                 bot_reason String,
                 edge_node String,
-                salt_epoch UInt64
+                salt_epoch UInt64,
+                {routing}
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMMDD(ts)
             ORDER BY (tenant, code, click_id)"
@@ -112,6 +139,16 @@ pub async fn ensure_schema(cfg: &ClickHouseConfig) -> Result<(), WarehouseError>
     for ddl in schema(&cfg.database) {
         server.query(&ddl).execute().await?;
     }
+    let columns: Vec<String> = server
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+        .bind(&cfg.database)
+        .bind(CLICKS_TABLE)
+        .fetch_all()
+        .await?;
+    for ddl in add_missing_columns_sql(&cfg.database, &columns) {
+        server.query(&ddl).execute().await?;
+        tracing::info!(sql = %ddl, "warehouse: clicks migrated");
+    }
     if had_click_ids == 0 {
         server
             .query(&conversions::backfill_click_ids_sql(&cfg.database))
@@ -140,10 +177,18 @@ pub struct ClickRow<'a> {
     pub bot_reason: &'a str,
     pub edge_node: &'a str,
     pub salt_epoch: u64,
+    /// Two letters, or empty.
+    pub country: &'a str,
+    pub device: &'a str,
+    pub os: &'a str,
+    /// Index of the rule taken, -1 for none.
+    pub rule: i16,
+    /// Index of the variant taken, -1 for none.
+    pub variant: i16,
 }
 
 /// Text fields of a [`ClickRow`], in column order.
-const CLICK_TEXTS: usize = 10;
+const CLICK_TEXTS: usize = 13;
 
 /// A batch of click rows: all their text in one buffer, so a row costs no
 /// allocation of its own (the sink held ten `String`s per row before).
@@ -161,6 +206,8 @@ struct RowAt {
     ts_ms: u64,
     bot: u8,
     salt_epoch: u64,
+    rule: i16,
+    variant: i16,
 }
 
 impl ClickRows {
@@ -177,6 +224,9 @@ impl ClickRows {
             r.sub,
             r.bot_reason,
             r.edge_node,
+            r.country,
+            r.device,
+            r.os,
         ];
         for (end, t) in ends.iter_mut().zip(texts) {
             self.text.push_str(t);
@@ -188,6 +238,8 @@ impl ClickRows {
             ts_ms: r.ts_ms,
             bot: r.bot,
             salt_epoch: r.salt_epoch,
+            rule: r.rule,
+            variant: r.variant,
         });
     }
 
@@ -212,7 +264,7 @@ impl ClickRows {
                 *field = &self.text[start..end as usize];
                 start = end as usize;
             }
-            let [click_id, tenant, code, destination, ip_hash, user_agent, referer, sub, bot_reason, edge_node] =
+            let [click_id, tenant, code, destination, ip_hash, user_agent, referer, sub, bot_reason, edge_node, country, device, os] =
                 t;
             ClickRow {
                 click_id,
@@ -229,6 +281,11 @@ impl ClickRows {
                 bot_reason,
                 edge_node,
                 salt_epoch: r.salt_epoch,
+                country,
+                device,
+                os,
+                rule: r.rule,
+                variant: r.variant,
             }
         })
     }
@@ -395,8 +452,20 @@ pub fn stats_sql(
     let counts = "uniqExact(click_id) AS clicks, \
          uniqExactIf(click_id, bot = 0) AS human, \
          uniqExactIf(salt_epoch, ip_hash, bot = 0) AS visitors";
-    // `ts` bounds prune partitions; `ts_ms` bounds are exact.
-    let filter = format!(
+    let filter = link_filter(tenant, code, from_ms, to_ms);
+    (
+        format!("SELECT toInt64(0) AS bucket, {counts} FROM {CLICKS_TABLE} {filter}"),
+        format!(
+            "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {counts} \
+             FROM {CLICKS_TABLE} {filter} GROUP BY bucket ORDER BY bucket"
+        ),
+    )
+}
+
+/// The `WHERE` of one link's clicks over `[from_ms, to_ms)`: `ts` bounds
+/// prune partitions; `ts_ms` bounds are exact.
+fn link_filter(tenant: &str, code: &str, from_ms: i64, to_ms: i64) -> String {
+    format!(
         "WHERE tenant = {} AND code = {} \
          AND ts >= toDateTime({}, 'UTC') AND ts <= toDateTime({}, 'UTC') \
          AND ts_ms >= {} AND ts_ms < {}",
@@ -406,14 +475,70 @@ pub fn stats_sql(
         to_ms.div_euclid(1000).max(0),
         from_ms.max(0),
         to_ms.max(0),
-    );
-    (
-        format!("SELECT toInt64(0) AS bucket, {counts} FROM {CLICKS_TABLE} {filter}"),
-        format!(
-            "SELECT toInt64(intDiv(ts_ms, {step}) * {step}) AS bucket, {counts} \
-             FROM {CLICKS_TABLE} {filter} GROUP BY bucket ORDER BY bucket"
-        ),
     )
+}
+
+/// One link's clicks over `[from_ms, to_ms)` by variant, country and
+/// device: rows of `(kind, key, clicks, human)`, exact distinct counts.
+pub fn routing_sql(tenant: &str, code: &str, from_ms: i64, to_ms: i64) -> String {
+    let filter = link_filter(tenant, code, from_ms, to_ms);
+    let part = |kind: &str, key: &str, only: &str| {
+        format!(
+            "SELECT '{kind}' AS kind, {key} AS key, uniqExact(click_id) AS clicks, \
+             uniqExactIf(click_id, bot = 0) AS human FROM {CLICKS_TABLE} {filter} AND {only} \
+             GROUP BY key"
+        )
+    };
+    format!(
+        "SELECT kind, key, clicks, human FROM ({} UNION ALL {} UNION ALL {}) ORDER BY kind, key",
+        part("variant", "toString(variant)", "variant >= 0"),
+        part("country", "country", "country != ''"),
+        part("device", "device", "device != ''"),
+    )
+}
+
+/// [`routing_sql`]'s answer as the embedded stats' [`Breakdown`].
+pub async fn link_routing(
+    client: &Client,
+    tenant: &str,
+    code: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<crate::links::tally::Breakdown, WarehouseError> {
+    #[derive(Row, Deserialize)]
+    struct Part {
+        kind: String,
+        key: String,
+        clicks: u64,
+        human: u64,
+    }
+    let query = client.query(&routing_sql(tenant, code, from_ms, to_ms));
+    let parts: Vec<Part> = run_query(query.fetch_all()).await?;
+    let mut b = crate::links::tally::Breakdown::default();
+    for p in parts {
+        match p.kind.as_str() {
+            "variant" => {
+                if let Ok(i) = p.key.parse::<usize>() {
+                    if b.variants.len() <= i {
+                        b.variants.resize(i + 1, [0, 0]);
+                    }
+                    b.variants[i] = [p.clicks, p.clicks.saturating_sub(p.human)];
+                }
+            }
+            "country" => {
+                let code = crate::links::Route::country_code(p.key.as_bytes());
+                if code != [0, 0] {
+                    b.countries.push((code, p.clicks));
+                }
+            }
+            _ => {
+                if let Some(d) = crate::links::agent::Device::parse(&p.key) {
+                    b.devices[d as usize] += p.clicks;
+                }
+            }
+        }
+    }
+    Ok(b)
 }
 
 /// Stats for one link over `[from_ms, to_ms)`, the same shape as embedded
