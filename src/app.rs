@@ -254,6 +254,8 @@ pub async fn serve(
             sealer: crate::postback::sealed::Sealer::new(&master),
             rotation_grace: config.postback.rotation_grace,
         }),
+        data_dir: data_dir.clone(),
+        edge_node: config.edge.node_id.clone(),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;

@@ -136,14 +136,13 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run<I, S>(self, io: I, service: S)
+    async fn run<I, S, RB>(self, io: I, service: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                Request<Incoming>,
-                Response = Response<Body>,
-                Error = Infallible,
-            > + Send
+        RB: hyper::body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
+            + Send
             + 'static,
         S::Future: Send + 'static,
     {
@@ -256,7 +255,7 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown`, then drains connections gracefully.
 /// `handler` is called per request with the peer address.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, RB>(
     name: &'static str,
     listener: TcpListener,
     limits: HttpLimits,
@@ -265,7 +264,9 @@ pub async fn serve<H, F>(
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Response<RB>> + Send + 'static,
+    RB: hyper::body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(builder(&limits));
     let connections = TaskTracker::new();
