@@ -243,6 +243,9 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     pub days: NonZeroU32,
+    /// Tests only: how far the service's clock is moved
+    /// ([`crate::time::set_offset`]).
+    pub test_clock_offset_secs: i64,
 }
 
 impl RetentionConfig {
@@ -466,6 +469,7 @@ struct RawSink {
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     days: u32,
+    test_clock_offset_secs: i64,
 }
 
 #[derive(Deserialize)]
@@ -593,6 +597,16 @@ impl Config {
         let retention = RetentionConfig {
             days: NonZeroU32::new(raw.retention.days)
                 .ok_or_else(|| invalid("retention.days", "must be at least 1"))?,
+            test_clock_offset_secs: match raw.retention.test_clock_offset_secs {
+                // Within ±100 years: far enough for any test, never an overflow.
+                s if s.unsigned_abs() <= 100 * 365 * 86_400 => s,
+                _ => {
+                    return Err(invalid(
+                        "retention.test_clock_offset_secs",
+                        "must be within 100 years of 0",
+                    ))
+                }
+            },
         };
         let log = LogConfig {
             format: match raw.log.format.as_str() {

@@ -49,6 +49,8 @@ pub struct Admin {
     pub data_dir: std::path::PathBuf,
     /// This node's `edge_node` (exported click records carry it).
     pub edge_node: String,
+    /// `[retention] days`: nothing older is exported.
+    pub retention: Duration,
 }
 
 /// An admin answer: whole, or streamed (exports).
@@ -266,7 +268,11 @@ impl Admin {
         format: export::Format,
         q: Option<&str>,
     ) -> Result<Response<AdminBody>, ApiError> {
-        let scope = export::scope(who, q)?;
+        let mut scope = export::scope(who, q)?;
+        let window_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        scope.from_ms = scope
+            .from_ms
+            .max(crate::time::now_ms().saturating_sub(window_ms));
         if self.warehouse.is_some() {
             // Full mode ships the log to Kafka and deletes it: the export
             // would have to come from ClickHouse, which is not built yet.

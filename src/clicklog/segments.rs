@@ -346,6 +346,50 @@ pub fn bytes_after(dir: &Path, from: Position) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// Closed segments (numbered below `current`) whose newest record is older
+/// than `cutoff_ms`, oldest first. A segment's newest record is taken to
+/// be no newer than the first record of the segment after it (records are
+/// written in the order the edge stamped them, give or take the queue's
+/// few milliseconds), so each segment costs one record read, never a scan.
+/// With no later record to go by, the segment's modification time decides.
+pub fn expired(dir: &Path, current: u64, cutoff_ms: i64) -> std::io::Result<Vec<u64>> {
+    let seqs = list(dir)?;
+    let mut old = Vec::new();
+    for (i, &seq) in seqs.iter().enumerate() {
+        if seq >= current {
+            break;
+        }
+        let next_first_ms = match seqs.get(i + 1) {
+            Some(&next) => record_at(
+                dir,
+                Position {
+                    segment: next,
+                    offset: 0,
+                },
+            )?
+            .and_then(|p| super::record::Record::decode(&p).ok().map(|r| r.ts_ms)),
+            None => None,
+        };
+        let newest_ms = match next_first_ms {
+            Some(ms) => ms,
+            None => {
+                let modified = std::fs::metadata(segment_path(dir, seq))?.modified()?;
+                let since_epoch = modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                since_epoch.as_millis() as i64 + crate::time::offset_ms()
+            }
+        };
+        if newest_ms < cutoff_ms {
+            old.push(seq);
+        } else {
+            // Later segments hold later records.
+            break;
+        }
+    }
+    Ok(old)
+}
+
 /// The payload of the one whole record at `at`, if there is one.
 pub fn record_at(dir: &Path, at: Position) -> std::io::Result<Option<Vec<u8>>> {
     let mut found = None;
