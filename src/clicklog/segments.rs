@@ -347,13 +347,20 @@ pub fn bytes_after(dir: &Path, from: Position) -> std::io::Result<u64> {
 }
 
 /// Closed segments (numbered below `current`) whose newest record is older
-/// than `cutoff_ms`, oldest first. A segment's newest record is taken to
-/// be no newer than the first record of the segment after it (records are
-/// written in the order the edge stamped them, give or take the queue's
-/// few milliseconds), so each segment costs one record read, never a scan.
-/// With no later record to go by, the segment's modification time decides.
-pub fn expired(dir: &Path, current: u64, cutoff_ms: i64) -> std::io::Result<Vec<u64>> {
+/// than `cutoff_ms`, oldest first. The first record of the segment after
+/// a segment is no older than its newest (records are written in the order
+/// the edge stamped them, give or take the queue's few milliseconds), so
+/// most segments cost one record read; only the segment that straddles the
+/// cut-off is scanned for its newest record, once (`newest` caches it:
+/// closed segments never change).
+pub fn expired(
+    dir: &Path,
+    current: u64,
+    cutoff_ms: i64,
+    newest: &mut std::collections::HashMap<u64, i64>,
+) -> std::io::Result<Vec<u64>> {
     let seqs = list(dir)?;
+    newest.retain(|seq, _| seqs.binary_search(seq).is_ok());
     let mut old = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         if seq >= current {
@@ -370,24 +377,40 @@ pub fn expired(dir: &Path, current: u64, cutoff_ms: i64) -> std::io::Result<Vec<
             .and_then(|p| super::record::Record::decode(&p).ok().map(|r| r.ts_ms)),
             None => None,
         };
-        let newest_ms = match next_first_ms {
-            Some(ms) => ms,
-            None => {
-                let modified = std::fs::metadata(segment_path(dir, seq))?.modified()?;
-                let since_epoch = modified
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                since_epoch.as_millis() as i64 + crate::time::offset_ms()
+        let is_old = match next_first_ms {
+            Some(ms) if ms < cutoff_ms => true,
+            _ => {
+                let ms = match newest.get(&seq) {
+                    Some(&ms) => ms,
+                    None => {
+                        let ms = newest_record_ms(&segment_path(dir, seq))?;
+                        newest.insert(seq, ms);
+                        ms
+                    }
+                };
+                ms < cutoff_ms
             }
         };
-        if newest_ms < cutoff_ms {
-            old.push(seq);
-        } else {
+        if !is_old {
             // Later segments hold later records.
             break;
         }
+        old.push(seq);
     }
     Ok(old)
+}
+
+/// The newest record time in a segment (`i64::MIN` when it holds none
+/// that decodes).
+fn newest_record_ms(path: &Path) -> std::io::Result<i64> {
+    let data = std::fs::read(path)?;
+    let mut newest = i64::MIN;
+    frames(&data, |payload, _| {
+        if let Ok(r) = super::record::Record::decode(payload) {
+            newest = newest.max(r.ts_ms);
+        }
+    });
+    Ok(newest)
 }
 
 /// The payload of the one whole record at `at`, if there is one.

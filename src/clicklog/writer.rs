@@ -116,6 +116,7 @@ pub fn spawn_writer(
         consumers,
         alive,
         cfg,
+        newest_ms: Default::default(),
     };
     let thread = std::thread::Builder::new()
         .name("clicklog-writer".into())
@@ -149,6 +150,8 @@ struct Writer {
     consumers: Vec<Box<dyn Consumer>>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
+    /// Newest record time of closed segments scanned by retention.
+    newest_ms: std::collections::HashMap<u64, i64>,
 }
 
 impl Writer {
@@ -320,9 +323,14 @@ impl Writer {
 
     /// Deletes closed segments whose newest record is older than the
     /// retention window ([`segments::expired`]).
-    fn apply_retention(&self) {
+    fn apply_retention(&mut self) {
         let cutoff_ms = crate::time::now_ms() - self.cfg.retention.as_millis() as i64;
-        match segments::expired(&self.dir, self.position.segment, cutoff_ms) {
+        match segments::expired(
+            &self.dir,
+            self.position.segment,
+            cutoff_ms,
+            &mut self.newest_ms,
+        ) {
             Ok(old) => {
                 for seq in old {
                     let path = segments::segment_path(&self.dir, seq);
