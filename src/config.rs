@@ -1024,6 +1024,8 @@ mod tests {
         assert!(err_of("[clicklog]\noverflow = \"maybe\"").contains("clicklog.overflow"));
         assert!(err_of("[cookie]\nname = \"a b\"").contains("cookie.name"));
         assert!(err_of("[retention]\ndays = 0").contains("retention.days"));
+        assert!(err_of("[retention]\ntest_clock_offset_secs = 9999999999")
+            .contains("retention.test_clock_offset_secs"));
         assert!(
             err_of("[postback]\nrotation_grace = \"later\"").contains("postback.rotation_grace")
         );

@@ -453,7 +453,7 @@ fn write_conversions(source: &Source, scope: &Scope, out: &mut Out) -> std::io::
     let mut seen = 0usize;
     let read = crate::store::record_log::read_raw_from(&path, 0, 1, |_, json| {
         seen += 1;
-        if seen % RECORDS_PER_READ == 0 && !out.open() {
+        if seen.is_multiple_of(RECORDS_PER_READ) && !out.open() {
             return Err(ExportError::Io(std::io::ErrorKind::BrokenPipe.into()));
         }
         let Ok(mut rec) = serde_json::from_str::<LedgerRecord>(json) else {

@@ -733,6 +733,51 @@ mod tests {
     }
 
     #[test]
+    fn retention_removes_old_records_from_file_and_memory_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network();
+        let l = ledger(dir.path());
+        l.process(&net, fields("old", Status::Approved, "1"), NOW)
+            .unwrap();
+        l.process(&net, fields("new", Status::Approved, "2"), NOW + 60_000)
+            .unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let before = std::fs::read(&path).unwrap();
+        // Nothing older than the cut-off: the file is left as it is.
+        assert_eq!(l.apply_retention(NOW - 1).unwrap(), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(l.apply_retention(NOW + 1).unwrap(), 1);
+        let after = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        assert!(!after.contains("\"old\"") && after.contains("\"new\""));
+        // The kept record is copied byte for byte.
+        assert!(String::from_utf8(before).unwrap().ends_with(&after));
+        l.read(|s| {
+            assert!(!s.conversions.contains_key(&("n".into(), "old".into())));
+            assert!(s.conversions.contains_key(&("n".into(), "new".into())));
+        });
+        // Appends go on in the new file, and it reopens whole.
+        l.process(&net, fields("later", Status::Approved, "3"), NOW + 120_000)
+            .unwrap();
+        drop(l);
+        let l = ledger(dir.path());
+        l.read(|s| assert_eq!(s.conversions.len(), 2));
+        assert!(!dir.path().join("postbacks.ledger.tmp").exists());
+    }
+
+    #[test]
+    fn a_click_older_than_the_retention_window_is_out_of_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network();
+        let l = ledger(dir.path());
+        l.set_retention(std::time::Duration::from_millis(500));
+        let d = l
+            .process(&net, fields("a", Status::Approved, "1"), NOW)
+            .unwrap();
+        assert_eq!(d.outcome, Outcome::OutOfWindow);
+        assert!(d.reason.unwrap().contains("retention"));
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_earlier_records_survive() {
         let dir = tempfile::tempdir().unwrap();
         let net = network();
