@@ -368,7 +368,7 @@ impl NetworkStore {
         inner.lock_current(&self.path)?;
         let result = (|| {
             inner.catch_up(&self.path, true)?;
-            if !inner.records.get(name).is_some_and(|r| !r.removed) {
+            if inner.records.get(name).is_none_or(|r| r.removed) {
                 return Err(NetworkError::NotFound(name.to_owned()));
             }
             inner.records.retain(|n, r| n != name && !r.removed);
