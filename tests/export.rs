@@ -441,3 +441,72 @@ async fn conversions_export_holds_the_tenants_postbacks_only_as_ndjson_and_csv()
     assert_eq!(&rows[0][5], "1.50");
     assert_eq!(&rows[0][10], "acme");
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_export_past_the_idle_timeout_and_a_leaver_costs_nothing() {
+    // Connections idle for 1 s are closed: an export being sent is not idle.
+    let idle = [
+        ("CLICKEDGE_MASTER_KEY", MASTER),
+        ("CLICKEDGE_EDGE__IDLE_TIMEOUT_MS", "1000"),
+    ];
+    let mut server = Server::start_with(&idle);
+    let token = server.token("acme");
+    let dir = server.take_dir();
+    assert!(server.stop().success());
+    const N: usize = 20_000;
+    let ids = ClickIds::new(
+        &MasterKey::load(Some(MASTER), None, Path::new("/"), true)
+            .unwrap()
+            .0,
+    );
+    let start = now_ms() - 86_400_000;
+    let ua = format!("{BROWSER_UA} {}", "y".repeat(300));
+    append_records(
+        dir.path(),
+        (0..N).map(|i| {
+            let ts = start + i as i64;
+            record(ids.mint(ts as u64).as_str(), ts, "acme", "spring", &ua)
+        }),
+    );
+    let server = Server::start_in(dir.path(), &idle);
+    let api = Api::new(&server, token);
+
+    // A client that reads one chunk and leaves.
+    for _ in 0..8 {
+        let mut resp = api
+            .http
+            .get(server.admin_url("/v1/export/clicks"))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.chunk().await.unwrap().is_some());
+        drop(resp);
+    }
+
+    // A slow one: about 4 s for the whole answer.
+    let mut resp = api
+        .http
+        .get(server.admin_url("/v1/export/clicks"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        began.elapsed() > Duration::from_secs(2),
+        "not slow enough to prove it"
+    );
+    let lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(lines, N);
+    // The server carries on.
+    assert_eq!(clicks(&api, "from=2999-01-01&to=2999-01-02").await.len(), 0);
+}
