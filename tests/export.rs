@@ -319,7 +319,18 @@ async fn a_huge_range_streams_in_chunks_without_holding_the_answer_in_memory() {
     );
     let server = Server::start_in(dir.path(), &env());
     let api = Api::new(&server, token);
-    let before = peak_rss_kib(server.pid());
+    // Settled: the start-up work (replays, the click index) is done once
+    // the peak stops moving.
+    let mut before = peak_rss_kib(server.pid());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = peak_rss_kib(server.pid());
+        if now == before || Instant::now() > deadline {
+            break;
+        }
+        before = now;
+    }
     let mut resp = api
         .http
         .get(server.admin_url("/v1/export/clicks?from=1970-01-01&to=2999-12-31"))
@@ -483,6 +494,52 @@ async fn a_slow_reader_gets_the_whole_export_past_the_idle_timeout_and_a_leaver_
         assert!(resp.chunk().await.unwrap().is_some());
         drop(resp);
     }
+
+    // Four that do not read hold every slot: a fifth is 503 until they go.
+    // (The leavers' slots come back once the server notices they left.)
+    let mut stalled = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while stalled.len() < 4 {
+        let resp = api
+            .http
+            .get(server.admin_url("/v1/export/clicks"))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => stalled.push(resp),
+            503 => {
+                assert!(Instant::now() < deadline, "slots never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("export answered {other}"),
+        }
+    }
+    let (status, _, text) = export(&api, "/v1/export/clicks", "*/*").await;
+    assert_eq!(status, 503, "{text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["error"]["code"], "too_many_exports");
+    drop(stalled);
+    let mut freed = false;
+    for _ in 0..100 {
+        if export(
+            &api,
+            "/v1/export/clicks?from=2999-01-01&to=2999-01-02",
+            "*/*",
+        )
+        .await
+        .0 == 200
+        {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        freed,
+        "the slots of clients that left were never given back"
+    );
 
     // A slow one: about 4 s for the whole answer.
     let mut resp = api

@@ -39,6 +39,33 @@ use crate::time::{parse_range_bound, RangeEnd};
 pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks produced ahead of the client.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
+/// Exports streaming at once; more are answered 503 `too_many_exports`
+/// (each holds a blocking-pool thread while it streams).
+pub const MAX_CONCURRENT: usize = 4;
+/// Exports streaming now.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MAX_CONCURRENT`] slots, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CONCURRENT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Records read from the log between checks that the client is still there.
 const RECORDS_PER_READ: usize = 4096;
 
@@ -155,10 +182,24 @@ pub struct Source {
     pub ledger: std::sync::Arc<crate::postback::Ledger>,
 }
 
-/// Starts the export and answers with its streaming body.
-pub fn start(source: Source, kind: Kind, format: Format, scope: Scope) -> Response<ExportBody> {
+/// Starts the export and answers with its streaming body; 503 when
+/// [`MAX_CONCURRENT`] exports are streaming already.
+pub fn start(
+    source: Source,
+    kind: Kind,
+    format: Format,
+    scope: Scope,
+) -> Result<Response<ExportBody>, ApiError> {
+    let slot = Slot::take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_exports",
+            format!("{MAX_CONCURRENT} exports are streaming already; retry when one is done"),
+        )
+    })?;
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let chunks = ChunkWriter::new(tx.clone());
         let columns = match kind {
             Kind::Clicks => CLICK_COLUMNS,
@@ -192,7 +233,7 @@ pub fn start(source: Source, kind: Kind, format: Format, scope: Scope) -> Respon
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
-    resp
+    Ok(resp)
 }
 
 /// The streamed answer: chunks as the reader makes them.

@@ -291,7 +291,7 @@ impl Admin {
             edge_node: self.edge_node.clone(),
             ledger: Arc::clone(&self.ledger),
         };
-        Ok(export::start(source, kind, format, scope).map(Either::Right))
+        export::start(source, kind, format, scope).map(|r| r.map(Either::Right))
     }
 
     /// Ready when the link table is loaded (it is before the listener

@@ -354,6 +354,7 @@ mod ops {
             (status = 401, description = "No valid token", body = ErrorAnswer),
             (status = 403, description = "A tenant token naming another tenant", body = ErrorAnswer),
             (status = 501, description = "Full mode: not built yet", body = ErrorAnswer),
+            (status = 503, description = "Too many exports streaming at once", body = ErrorAnswer),
         ))]
     pub fn export_clicks() {}
 
@@ -373,6 +374,7 @@ mod ops {
             (status = 401, description = "No valid token", body = ErrorAnswer),
             (status = 403, description = "A tenant token naming another tenant", body = ErrorAnswer),
             (status = 501, description = "Full mode: not built yet", body = ErrorAnswer),
+            (status = 503, description = "Too many exports streaming at once", body = ErrorAnswer),
         ))]
     pub fn export_conversions() {}
 }
