@@ -277,6 +277,9 @@ pub async fn serve(
             config.admin.code_conflicts.per_sec,
             config.admin.code_conflicts.burst.get(),
         ),
+        data_dir: data_dir.clone(),
+        edge_node: config.edge.node_id.clone(),
+        retention: config.retention.as_duration(),
     });
 
     let edge_listener = bind("edge.listen", config.edge.listen)?;
@@ -352,6 +355,15 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(limiter.run_sweeper(shutdown.clone()));
+    if full.is_none() {
+        // Full mode ships the ledger file by offset; ClickHouse drops
+        // old partitions instead.
+        tasks.spawn(ledger_retention(
+            postbacks.ledger.clone(),
+            config.retention.as_duration(),
+            shutdown.clone(),
+        ));
+    }
     if let Some(handle) = metrics {
         tasks.spawn(crate::telemetry::run_upkeep(handle, shutdown.clone()));
     }
@@ -409,6 +421,27 @@ async fn poll_store(store: Arc<Store>, every: Duration, shutdown: CancellationTo
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "store: reload failed"),
             Err(e) => tracing::error!(error = %e, "store: reload task failed"),
+        }
+    }
+}
+
+/// How often the ledger's retention runs (and once at start).
+const LEDGER_RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes ledger records past `[retention] days` (embedded mode).
+async fn ledger_retention(
+    ledger: Arc<crate::postback::Ledger>,
+    window: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = crate::time::Ticker::new(LEDGER_RETENTION_EVERY, shutdown);
+    while ticker.tick().await {
+        let ledger = ledger.clone();
+        let cutoff_ms = crate::time::now_ms() - window.as_millis() as i64;
+        match tokio::task::spawn_blocking(move || ledger.apply_retention(cutoff_ms)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "ledger: retention failed"),
+            Err(e) => tracing::error!(error = %e, "ledger: retention task failed"),
         }
     }
 }

@@ -267,6 +267,9 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     pub days: NonZeroU32,
+    /// Tests only: how far the service's clock is moved
+    /// ([`crate::time::set_offset`]).
+    pub test_clock_offset_secs: i64,
 }
 
 impl RetentionConfig {
@@ -506,6 +509,7 @@ struct RawSink {
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     days: u32,
+    test_clock_offset_secs: i64,
 }
 
 #[derive(Deserialize)]
@@ -644,6 +648,16 @@ impl Config {
         let retention = RetentionConfig {
             days: NonZeroU32::new(raw.retention.days)
                 .ok_or_else(|| invalid("retention.days", "must be at least 1"))?,
+            test_clock_offset_secs: match raw.retention.test_clock_offset_secs {
+                // Within ±100 years: far enough for any test, never an overflow.
+                s if s.unsigned_abs() <= 100 * 365 * 86_400 => s,
+                _ => {
+                    return Err(invalid(
+                        "retention.test_clock_offset_secs",
+                        "must be within 100 years of 0",
+                    ))
+                }
+            },
         };
         let log = LogConfig {
             format: match raw.log.format.as_str() {
@@ -1093,6 +1107,8 @@ mod tests {
         assert!(err_of("[clicklog]\noverflow = \"maybe\"").contains("clicklog.overflow"));
         assert!(err_of("[cookie]\nname = \"a b\"").contains("cookie.name"));
         assert!(err_of("[retention]\ndays = 0").contains("retention.days"));
+        assert!(err_of("[retention]\ntest_clock_offset_secs = 9999999999")
+            .contains("retention.test_clock_offset_secs"));
         assert!(
             err_of("[postback]\nrotation_grace = \"later\"").contains("postback.rotation_grace")
         );

@@ -94,6 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    clickedge::time::set_offset(config.retention.test_clock_offset_secs * 1000);
     // Before the link table and maps are touched. Set either way: the flag
     // is inherited across fork and exec. When set, it wins over mimalloc's
     // MADV_HUGEPAGE and a host setting of `always`.

@@ -119,6 +119,36 @@ impl Drop for InFlight {
     }
 }
 
+/// An answer's body that keeps its request in flight until hyper is done
+/// with it: a streamed answer (an export) is not idle while it is sent.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> hyper::body::Body for Tracked<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One accepted connection, ready to be served over any transport.
 struct Conn {
     name: &'static str,
@@ -136,14 +166,13 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run<I, S>(self, io: I, service: S)
+    async fn run<I, S, RB>(self, io: I, service: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                Request<Incoming>,
-                Response = Response<Body>,
-                Error = Infallible,
-            > + Send
+        RB: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
+            + Send
             + 'static,
         S::Future: Send + 'static,
     {
@@ -256,7 +285,7 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown`, then drains connections gracefully.
 /// `handler` is called per request with the peer address.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, RB>(
     name: &'static str,
     listener: TcpListener,
     limits: HttpLimits,
@@ -265,7 +294,9 @@ pub async fn serve<H, F>(
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Response<RB>> + Send + 'static,
+    RB: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(builder(&limits));
     let connections = TaskTracker::new();
@@ -304,8 +335,11 @@ pub async fn serve<H, F>(
             let in_flight = InFlight::begin(&tracked);
             let fut = handler(req, peer);
             async move {
-                let _in_flight = in_flight;
-                Ok::<_, Infallible>(fut.await)
+                let resp = fut.await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
             }
         });
         let conn = Conn {

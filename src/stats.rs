@@ -255,6 +255,14 @@ impl StatsIndex {
         Ok(end)
     }
 
+    /// Drops every link's buckets older than `cutoff_ms` (retention).
+    pub fn drop_before(&self, cutoff_ms: i64) {
+        let cutoff_hour = cutoff_ms.div_euclid(HOUR_MS);
+        for entry in self.tallies.iter() {
+            entry.value().lock().hours.drop_before(cutoff_hour);
+        }
+    }
+
     /// Writes a checkpoint: `watermark` is a position every click before
     /// which is counted (the writer's synced position when it was called);
     /// buckets older than `cutoff_ms` are dropped first (retention). Runs
@@ -368,6 +376,9 @@ impl Consumer for StatsFeed {
     fn recover(&mut self, log_dir: &Path, _end: Position) -> std::io::Result<()> {
         let watermark = self.index.load_snapshot(&self.data_dir)?;
         let replayed_to = self.index.replay(log_dir, watermark)?;
+        // The snapshot and the log may hold hours past retention (the
+        // clock moved while the service was down): not counted again.
+        self.index.drop_before(self.cutoff_ms());
         tracing::info!(
             from = ?watermark,
             to = ?replayed_to,

@@ -1,6 +1,22 @@
 //! Clock and time-format helpers: one place that reads the wall clock.
+//!
+//! The clock can be moved for tests ([`set_offset`], from
+//! `[retention] test_clock_offset_secs`): everything that reads
+//! [`now_ms`] (click times and ids, postback windows, stats ranges,
+//! retention) then sees the moved time.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+/// Milliseconds added to the system clock (tests only; 0 otherwise).
+static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Moves the service's clock `offset_ms` ahead of the system clock. Set
+/// once at start-up, before anything reads the time.
+pub fn set_offset(offset_ms: i64) {
+    OFFSET_MS.store(offset_ms, Ordering::Relaxed);
+}
 
 /// A periodic tick for background chores that ends at shutdown. Missed
 /// ticks are delayed, not bunched up after a stall.
@@ -28,8 +44,13 @@ impl Ticker {
     }
 }
 
+/// How far [`now_ms`] is from the system clock (see [`set_offset`]).
+pub fn offset_ms() -> i64 {
+    OFFSET_MS.load(Ordering::Relaxed)
+}
+
 pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    Utc::now().timestamp_millis() + OFFSET_MS.load(Ordering::Relaxed)
 }
 
 /// RFC 3339 UTC with a `Z`, seconds precision.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -910,12 +911,79 @@ async fn networks_can_be_listed_updated_and_removed_and_secrets_never_leak() {
             assert!(!found, "secret in plain text in {}", entry.display());
         }
     }
-    // The data dir holds the network, sealed.
+    // Removed: not even its sealed record is left.
     assert!(
-        std::fs::read_to_string(server.data_dir.join("networks.log"))
+        !std::fs::read_to_string(server.data_dir.join("networks.log"))
             .unwrap()
             .contains("\"name\":\"leak\"")
     );
+}
+
+/// The records of `networks.log`, as JSON.
+fn network_records(data_dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(data_dir.join("networks.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn removing_a_network_leaves_no_copy_of_its_sealed_secrets_anywhere_in_the_data_dir() {
+    let server = start();
+    let api = setup(&server).await;
+    let gone = add_network(&server, "gone", &[]);
+    let stay = add_network(&server, "stay", &[]);
+    for _ in 0..2 {
+        let out = server.cli(&["network", "rotate", "gone"]);
+        assert!(out.status.success());
+    }
+    // Every sealed value "gone" ever had, from every record of it.
+    let mut sealed = BTreeSet::new();
+    for rec in network_records(&server.data_dir) {
+        if rec["name"] == "gone" {
+            for field in ["secret", "previous_secret", "token"] {
+                if let Some(v) = rec[field].as_str() {
+                    sealed.insert(v.to_owned());
+                }
+            }
+        }
+    }
+    assert!(sealed.len() >= 4, "{sealed:?}");
+    let stay_before: Vec<Value> = network_records(&server.data_dir)
+        .into_iter()
+        .filter(|r| r["name"] == "stay")
+        .collect();
+
+    let out = server.cli(&["network", "remove", "gone"]);
+    assert!(out.status.success());
+    // At once: nothing is left by the time the command returns.
+    for entry in walk(&server.data_dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for value in sealed.iter().chain([&gone.secret, &gone.token]) {
+            let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
+            assert!(!found, "a secret of `gone` is left in {}", entry.display());
+        }
+    }
+    assert_eq!(network_records(&server.data_dir), stay_before);
+    // The running server sees the removal, and the other network works on.
+    wait_network(&server, "gone", false);
+    let cid = click(&api, "spring").await;
+    let pb = q(&[
+        ("click_id", &cid),
+        ("txn_id", "K-1"),
+        ("token", &stay.token),
+    ]);
+    assert_eq!(result(&get_pb(&api, "stay", &pb).await), (200, "accepted"));
+    // Writes go on in the rewritten file, and the server reads them.
+    let out = server.cli(&["network", "remove", "stay"]);
+    assert!(out.status.success());
+    wait_network(&server, "stay", false);
+    assert!(network_records(&server.data_dir).is_empty());
+    let again = add_network(&server, "gone", &[]);
+    assert_ne!(again.secret, gone.secret);
+    let out = server.cli(&["network", "remove", "nope"]);
+    assert!(!out.status.success());
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

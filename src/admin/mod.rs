@@ -8,6 +8,7 @@ pub mod auth;
 pub mod conflicts;
 pub mod console;
 pub mod error;
+pub mod export;
 pub mod links;
 pub mod openapi;
 pub mod reconciliation;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clicklog::ClickLog;
@@ -48,7 +49,16 @@ pub struct Admin {
     pub networks: Option<NetworkAdmin>,
     /// Per-tenant budget of custom codes found taken by other tenants.
     pub conflicts: conflicts::ConflictBudget,
+    /// Where the click log and the ledger are (exports read them).
+    pub data_dir: std::path::PathBuf,
+    /// This node's `edge_node` (exported click records carry it).
+    pub edge_node: String,
+    /// `[retention] days`: nothing older is exported.
+    pub retention: Duration,
 }
+
+/// An admin answer: whole, or streamed (exports).
+pub type AdminBody = Either<Body, export::ExportBody>;
 
 /// What the console needs to list networks and rotate their secrets.
 pub struct NetworkAdmin {
@@ -86,7 +96,12 @@ pub struct Readiness {
     pub reason: Option<&'static str>,
 }
 
-type Routed = (&'static str, Result<Response<Body>, ApiError>);
+type Routed = (&'static str, Result<Response<AdminBody>, ApiError>);
+
+/// A whole answer as an [`AdminBody`].
+fn whole(r: Response<Body>) -> Response<AdminBody> {
+    r.map(Either::Left)
+}
 
 /// 503 for an answer read from ClickHouse when it did not give one; `code`
 /// says which (`stats_unavailable`, `reconciliation_unavailable`).
@@ -100,7 +115,7 @@ fn warehouse_unavailable(code: &'static str, e: &crate::warehouse::WarehouseErro
 }
 
 /// Serves one admin request within the request deadline.
-pub async fn handle<B>(admin: Arc<Admin>, req: Request<B>) -> Response<Body>
+pub async fn handle<B>(admin: Arc<Admin>, req: Request<B>) -> Response<AdminBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -117,7 +132,7 @@ where
                 )),
             ),
         };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let resp = result.unwrap_or_else(|e| whole(e.into_response()));
     telemetry::admin_request(route, resp.status().as_u16());
     resp
 }
@@ -129,7 +144,7 @@ where
 {
     if console::owns(req.uri().path()) {
         let (label, resp) = console::handle(admin, req).await;
-        return (label, Ok(resp));
+        return (label, Ok(whole(resp)));
     }
     let method = req.method().clone();
     let path = req.uri().path();
@@ -150,15 +165,19 @@ where
     };
     let name = route.id.name();
     match route.id {
-        RouteId::Healthz => (name, Ok(ok_json(Health { status: "ok" }))),
-        RouteId::Readyz => (name, Ok(admin.readiness())),
-        RouteId::Metrics => (name, Ok(admin.render_metrics())),
-        RouteId::OpenApi => (name, Ok(openapi::response())),
+        RouteId::Healthz => (name, Ok(whole(ok_json(Health { status: "ok" })))),
+        RouteId::Readyz => (name, Ok(whole(admin.readiness()))),
+        RouteId::Metrics => (name, Ok(whole(admin.render_metrics()))),
+        RouteId::OpenApi => (name, Ok(whole(openapi::response()))),
         id => {
             let who = match auth::authenticate(&admin.store, req.headers()) {
                 Ok(who) => who,
                 Err(e) => return ("auth", Err(e)),
             };
+            if let RouteId::ExportClicks | RouteId::ExportConversions = id {
+                let format = export::Format::from_headers(req.headers());
+                return (name, admin.export(&who, id, format, query.as_deref()));
+            }
             let body = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
                 match read_body(req.into_body(), admin.body).await {
                     Ok(b) => b,
@@ -173,7 +192,7 @@ where
             let admin = Arc::clone(&admin);
             let dispatch = move || admin.dispatch_v1(&who, id, &params, query.as_deref(), &body);
             match tokio::task::spawn_blocking(dispatch).await {
-                Ok(result) => (name, result),
+                Ok(result) => (name, result.map(whole)),
                 Err(_) => (name, Err(ApiError::internal("admin request task failed"))),
             }
         }
@@ -246,7 +265,45 @@ impl Admin {
             RouteId::Healthz | RouteId::Readyz | RouteId::Metrics | RouteId::OpenApi => {
                 Err(ApiError::internal("public route dispatched as /v1"))
             }
+            RouteId::ExportClicks | RouteId::ExportConversions => {
+                Err(ApiError::internal("an export is streamed, not dispatched"))
+            }
         }
+    }
+
+    /// `GET /v1/export/…`: the scope is checked before the answer starts
+    /// (a bad one is a whole error answer); the records then stream.
+    fn export(
+        &self,
+        who: &auth::Principal,
+        id: RouteId,
+        format: export::Format,
+        q: Option<&str>,
+    ) -> Result<Response<AdminBody>, ApiError> {
+        let mut scope = export::scope(who, q)?;
+        let window_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        scope.from_ms = scope
+            .from_ms
+            .max(crate::time::now_ms().saturating_sub(window_ms));
+        if self.warehouse.is_some() {
+            // Full mode ships the log to Kafka and deletes it: the export
+            // would have to come from ClickHouse, which is not built yet.
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "export_unavailable",
+                "exports are served in embedded mode only for now",
+            ));
+        }
+        let kind = match id {
+            RouteId::ExportClicks => export::Kind::Clicks,
+            _ => export::Kind::Conversions,
+        };
+        let source = export::Source {
+            data_dir: self.data_dir.clone(),
+            edge_node: self.edge_node.clone(),
+            ledger: Arc::clone(&self.ledger),
+        };
+        export::start(source, kind, format, scope).map(|r| r.map(Either::Right))
     }
 
     /// Ready when the link table is loaded (it is before the listener

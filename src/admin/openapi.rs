@@ -50,6 +50,8 @@ pub const BEARER: &str = "bearer_token";
         ops::links_delete,
         ops::links_stats,
         ops::reconciliation,
+        ops::export_clicks,
+        ops::export_conversions,
     ),
     components(schemas(
         ErrorAnswer,
@@ -74,6 +76,7 @@ pub const BEARER: &str = "bearer_token";
     tags(
         (name = "links", description = "Short links: create, read, change, delete, list"),
         (name = "stats", description = "Clicks and conversions"),
+        (name = "export", description = "A tenant's own records, streamed (NDJSON or CSV)"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -188,6 +191,20 @@ struct ReconciliationQuery {
     /// RFC 3339 or `YYYY-MM-DD`; default 30 days before `to`.
     from: Option<String>,
     /// RFC 3339 or `YYYY-MM-DD`; default now. At most 400 days after `from`.
+    to: Option<String>,
+}
+
+/// The query of `GET /v1/export/…`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ExportQuery {
+    /// The tenant: required with an admin token; a tenant token may only
+    /// name its own.
+    tenant: Option<String>,
+    /// RFC 3339 or `YYYY-MM-DD`; default: the oldest record kept.
+    from: Option<String>,
+    /// RFC 3339 or `YYYY-MM-DD` (a date: its whole day); default now.
     to: Option<String>,
 }
 
@@ -319,6 +336,47 @@ mod ops {
             (status = 503, description = "Full mode: ClickHouse did not answer", body = ErrorAnswer),
         ))]
     pub fn reconciliation() {}
+
+    /// The tenant's clicks in the range, one click event (the `"v":1`
+    /// JSON of `clickedge.clicks`) per line, or CSV rows with a header on
+    /// `Accept: text/csv`. Streamed: any range, constant memory. Embedded
+    /// mode (full mode answers 501).
+    #[utoipa::path(get, path = "/v1/export/clicks", tag = "export",
+        params(ExportQuery),
+        security(("bearer_token" = [])),
+        responses(
+            (status = 200, description = "The records, streamed",
+                content(
+                    (String = "application/x-ndjson"),
+                    (String = "text/csv"),
+                )),
+            (status = 400, description = "A bad range, or an admin token without tenant", body = ErrorAnswer),
+            (status = 401, description = "No valid token", body = ErrorAnswer),
+            (status = 403, description = "A tenant token naming another tenant", body = ErrorAnswer),
+            (status = 501, description = "Full mode: not built yet", body = ErrorAnswer),
+            (status = 503, description = "Too many exports streaming at once", body = ErrorAnswer),
+        ))]
+    pub fn export_clicks() {}
+
+    /// The tenant's conversion records in the range (ledger records:
+    /// accepted, status changes, duplicates, unknown clicks since
+    /// matched), by the time received; NDJSON or CSV as for clicks.
+    #[utoipa::path(get, path = "/v1/export/conversions", tag = "export",
+        params(ExportQuery),
+        security(("bearer_token" = [])),
+        responses(
+            (status = 200, description = "The records, streamed",
+                content(
+                    (String = "application/x-ndjson"),
+                    (String = "text/csv"),
+                )),
+            (status = 400, description = "A bad range, or an admin token without tenant", body = ErrorAnswer),
+            (status = 401, description = "No valid token", body = ErrorAnswer),
+            (status = 403, description = "A tenant token naming another tenant", body = ErrorAnswer),
+            (status = 501, description = "Full mode: not built yet", body = ErrorAnswer),
+            (status = 503, description = "Too many exports streaming at once", body = ErrorAnswer),
+        ))]
+    pub fn export_conversions() {}
 }
 
 /// The document.

@@ -28,6 +28,8 @@ pub enum RouteId {
     LinksDelete,
     LinksStats,
     Reconciliation,
+    ExportClicks,
+    ExportConversions,
 }
 
 impl RouteId {
@@ -46,6 +48,8 @@ impl RouteId {
             RouteId::LinksDelete => "links_delete",
             RouteId::LinksStats => "links_stats",
             RouteId::Reconciliation => "reconciliation",
+            RouteId::ExportClicks => "export_clicks",
+            RouteId::ExportConversions => "export_conversions",
         }
     }
 }
@@ -98,6 +102,18 @@ pub const ROUTES: &[Route] = &[
         Method::GET,
         "/v1/reconciliation",
         RouteId::Reconciliation,
+        true,
+    ),
+    route(
+        Method::GET,
+        "/v1/export/clicks",
+        RouteId::ExportClicks,
+        true,
+    ),
+    route(
+        Method::GET,
+        "/v1/export/conversions",
+        RouteId::ExportConversions,
         true,
     ),
 ];

@@ -346,6 +346,73 @@ pub fn bytes_after(dir: &Path, from: Position) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// Closed segments (numbered below `current`) whose newest record is older
+/// than `cutoff_ms`, oldest first. The first record of the segment after
+/// a segment is no older than its newest (records are written in the order
+/// the edge stamped them, give or take the queue's few milliseconds), so
+/// most segments cost one record read; only the segment that straddles the
+/// cut-off is scanned for its newest record, once (`newest` caches it:
+/// closed segments never change).
+pub fn expired(
+    dir: &Path,
+    current: u64,
+    cutoff_ms: i64,
+    newest: &mut std::collections::HashMap<u64, i64>,
+) -> std::io::Result<Vec<u64>> {
+    let seqs = list(dir)?;
+    newest.retain(|seq, _| seqs.binary_search(seq).is_ok());
+    let mut old = Vec::new();
+    for (i, &seq) in seqs.iter().enumerate() {
+        if seq >= current {
+            break;
+        }
+        let next_first_ms = match seqs.get(i + 1) {
+            Some(&next) => record_at(
+                dir,
+                Position {
+                    segment: next,
+                    offset: 0,
+                },
+            )?
+            .and_then(|p| super::record::Record::decode(&p).ok().map(|r| r.ts_ms)),
+            None => None,
+        };
+        let is_old = match next_first_ms {
+            Some(ms) if ms < cutoff_ms => true,
+            _ => {
+                let ms = match newest.get(&seq) {
+                    Some(&ms) => ms,
+                    None => {
+                        let ms = newest_record_ms(&segment_path(dir, seq))?;
+                        newest.insert(seq, ms);
+                        ms
+                    }
+                };
+                ms < cutoff_ms
+            }
+        };
+        if !is_old {
+            // Later segments hold later records.
+            break;
+        }
+        old.push(seq);
+    }
+    Ok(old)
+}
+
+/// The newest record time in a segment (`i64::MIN` when it holds none
+/// that decodes).
+fn newest_record_ms(path: &Path) -> std::io::Result<i64> {
+    let data = std::fs::read(path)?;
+    let mut newest = i64::MIN;
+    frames(&data, |payload, _| {
+        if let Ok(r) = super::record::Record::decode(payload) {
+            newest = newest.max(r.ts_ms);
+        }
+    });
+    Ok(newest)
+}
+
 /// The payload of the one whole record at `at`, if there is one.
 pub fn record_at(dir: &Path, at: Position) -> std::io::Result<Option<Vec<u8>>> {
     let mut found = None;
@@ -360,6 +427,53 @@ pub fn record_at(dir: &Path, at: Position) -> std::io::Result<Option<Vec<u8>>> {
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Appends one click record per time in `ts_ms` to segment `seq`.
+    fn append_clicks(dir: &Path, seq: u64, ts_ms: &[i64]) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, seq))
+            .unwrap();
+        for &ts in ts_ms {
+            let text = serde_json::json!({
+                "v": 1, "click_id": "c", "ts": crate::time::rfc3339(ts), "tenant": "t",
+                "code": "x", "destination": "https://e.example/", "ip_hash": "00".repeat(16),
+                "user_agent": "", "referer": "", "sub": "", "bot": false, "bot_reason": null,
+                "edge_node": "n", "salt_epoch": 0
+            })
+            .to_string();
+            let wire: crate::clicks::WireClick = serde_json::from_str(&text).unwrap();
+            let (mut payload, mut framed) = (Vec::new(), Vec::new());
+            super::super::record::encode_wire(&wire, &mut payload);
+            frame(&payload, &mut framed);
+            f.write_all(&framed).unwrap();
+        }
+    }
+
+    #[test]
+    fn segments_expire_by_their_newest_record_and_the_current_one_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        const H: i64 = 3_600_000;
+        append_clicks(d, 1, &[0, H]);
+        append_clicks(d, 2, &[2 * H, 5 * H]);
+        append_clicks(d, 3, &[6 * H]);
+        append_clicks(d, 4, &[7 * H]);
+        let mut cache = std::collections::HashMap::new();
+        // Segment 2 straddles 4 h: its newest (5 h) keeps it, found by a scan.
+        assert_eq!(expired(d, 4, 4 * H, &mut cache).unwrap(), vec![1]);
+        assert_eq!(cache.get(&2), Some(&(5 * H)));
+        assert_eq!(expired(d, 4, 5 * H + 1, &mut cache).unwrap(), vec![1, 2]);
+        // The current segment stays whatever its age.
+        assert_eq!(expired(d, 4, 100 * H, &mut cache).unwrap(), vec![1, 2, 3]);
+        assert_eq!(expired(d, 3, 100 * H, &mut cache).unwrap(), vec![1, 2]);
+        // Nothing old: nothing, and the cache forgets removed segments.
+        assert!(expired(d, 4, 0, &mut cache).unwrap().is_empty());
+        std::fs::remove_file(segment_path(d, 2)).unwrap();
+        expired(d, 4, 0, &mut cache).unwrap();
+        assert!(!cache.contains_key(&2));
+    }
 
     /// Appends one framed record per `;`-separated word.
     pub(crate) fn append(dir: &Path, seq: u64, words: &str) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -116,6 +116,7 @@ pub fn spawn_writer(
         consumers,
         alive,
         cfg,
+        newest_ms: Default::default(),
     };
     let thread = std::thread::Builder::new()
         .name("clicklog-writer".into())
@@ -149,6 +150,8 @@ struct Writer {
     consumers: Vec<Box<dyn Consumer>>,
     alive: Arc<AtomicBool>,
     cfg: WriterConfig,
+    /// Newest record time of closed segments scanned by retention.
+    newest_ms: std::collections::HashMap<u64, i64>,
 }
 
 impl Writer {
@@ -326,34 +329,37 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes closed segments last written before the retention cut-off.
-    fn apply_retention(&self) {
-        let Ok(seqs) = segments::list(&self.dir) else {
-            return;
-        };
-        let Some(cutoff) = SystemTime::now().checked_sub(self.cfg.retention) else {
-            return;
-        };
-        let mut live = 0;
-        for seq in seqs {
-            let path = segments::segment_path(&self.dir, seq);
-            let old = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < cutoff);
-            if seq < self.position.segment && old {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        tracing::info!(segment = seq, "clicklog: segment past retention deleted")
-                    }
-                    Err(e) => {
-                        tracing::warn!(segment = seq, error = %e, "clicklog: cannot delete old segment")
+    /// Deletes closed segments whose newest record is older than the
+    /// retention window ([`segments::expired`]).
+    fn apply_retention(&mut self) {
+        let cutoff_ms = crate::time::now_ms() - self.cfg.retention.as_millis() as i64;
+        match segments::expired(
+            &self.dir,
+            self.position.segment,
+            cutoff_ms,
+            &mut self.newest_ms,
+        ) {
+            Ok(old) => {
+                for seq in old {
+                    let path = segments::segment_path(&self.dir, seq);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(
+                                segment = seq,
+                                "clicklog: segment past retention deleted"
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(segment = seq, error = %e, "clicklog: cannot delete old segment")
+                        }
                     }
                 }
-            } else {
-                live += 1;
             }
+            Err(e) => tracing::warn!(error = %e, "clicklog: retention could not list segments"),
         }
-        telemetry::clicklog_segments(live);
+        if let Ok(seqs) = segments::list(&self.dir) {
+            telemetry::clicklog_segments(seqs.len());
+        }
     }
 }
 

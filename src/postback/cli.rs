@@ -311,12 +311,7 @@ pub fn run(config: &Config, cmd: NetworkCommand) -> anyhow::Result<()> {
             );
         }
         NetworkCommand::Remove { name } => {
-            store.write(|all| {
-                let mut r = live(all, &name)?;
-                r.removed = true;
-                r.updated_at = Utc::now();
-                Ok(r)
-            })?;
+            store.remove(&name)?;
             println!("{}", serde_json::json!({"name": name, "removed": true}));
         }
     }

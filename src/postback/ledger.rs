@@ -315,6 +315,9 @@ struct Inner {
 
 pub struct Ledger {
     inner: Mutex<Inner>,
+    /// `[retention] days` in ms: a click older than that is out of window
+    /// whatever the network's window, as its records may be gone.
+    retention_ms: std::sync::atomic::AtomicI64,
     clicks: Arc<dyn ClickLookup>,
     ids: ClickIds,
     edge_node: String,
@@ -336,10 +339,18 @@ impl Ledger {
         );
         Ok(Ledger {
             inner: Mutex::new(Inner { sink, state }),
+            retention_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             clicks,
             ids,
             edge_node,
         })
+    }
+
+    /// Sets the retention window (`[retention] days`).
+    pub fn set_retention(&self, window: std::time::Duration) {
+        let ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.retention_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -420,6 +431,17 @@ impl Ledger {
             rec.reason = Some(format!(
                 "the click is older than the network's {} s attribution window",
                 network.settings.attribution_window_secs
+            ));
+            return self.record(rec);
+        }
+        let retention_ms = self.retention_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms.saturating_sub(click_ts) > retention_ms {
+            // Its earlier records may have been removed: idempotency
+            // cannot be told, so it is never counted.
+            rec.outcome = Outcome::OutOfWindow;
+            rec.reason = Some(format!(
+                "the click is older than the {} day retention window",
+                retention_ms / DAY_MS
             ));
             return self.record(rec);
         }
@@ -511,6 +533,100 @@ impl Ledger {
     /// Syncs what is written but not yet durable (shutdown).
     pub fn sync(&self) -> std::io::Result<()> {
         self.lock().sink.sync()
+    }
+
+    /// Removes the records received before `cutoff_ms` (retention,
+    /// embedded mode only: full mode ships the file by offset). The kept
+    /// records are copied to a temporary file, fsynced and renamed over the
+    /// ledger, and the in-memory state is rebuilt from them, so a re-sent
+    /// postback whose records are gone is decided afresh (by then its click
+    /// is past the attribution window: `out_of_window`). Postbacks wait on
+    /// the ledger's lock meanwhile. Returns how many records were removed.
+    pub fn apply_retention(&self, cutoff_ms: i64) -> Result<usize, LedgerError> {
+        let mut inner = self.lock();
+        let path = inner.sink.path.clone();
+        let io = |source| LedgerError::Io {
+            path: path.clone(),
+            source,
+        };
+        let read_err = |source| LedgerError::Read {
+            path: path.clone(),
+            source,
+        };
+        inner.sink.sync().map_err(io)?;
+        // Records are appended in the order received: look at the first.
+        let mut oldest = None;
+        record_log::read_raw_from::<record_log::ReadError>(&path, 0, 1, |_, json| {
+            oldest = serde_json::from_str::<LedgerRecord>(json)
+                .ok()
+                .map(|r| r.received_at.0);
+            Ok(false)
+        })
+        .map_err(read_err)?;
+        if oldest.is_none_or(|ms| ms >= cutoff_ms) {
+            return Ok(0);
+        }
+        let tmp = path.with_extension("ledger.tmp");
+        let mut state = State::default();
+        let mut removed = 0usize;
+        {
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(crate::fsutil::PRIVATE_FILE_MODE)
+                    .open(&tmp)
+                    .map_err(io)?
+            };
+            let mut out = std::io::BufWriter::new(file);
+            let mut failed = None;
+            let mut buf = Vec::new();
+            // Kept records are copied byte for byte.
+            let copied = record_log::read_raw_from(&path, 0, 1, |line, json| {
+                let rec: LedgerRecord =
+                    serde_json::from_str(json).map_err(|e| record_log::ReadError::BadRecord {
+                        line,
+                        message: e.to_string(),
+                    })?;
+                if rec.received_at.0 < cutoff_ms {
+                    removed += 1;
+                    return Ok(true);
+                }
+                buf.clear();
+                record_log::encode(json, &mut buf);
+                if let Err(e) = out.write_all(&buf) {
+                    failed = Some(e);
+                    return Ok(false);
+                }
+                state.apply(&rec);
+                Ok(true)
+            });
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(read_err(e));
+            }
+            if let Some(e) = failed {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(e));
+            }
+            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        crate::fsutil::sync_parent(&path).map_err(io)?;
+        let file = crate::fsutil::open_private_append(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        inner.sink = FileSink {
+            path: path.clone(),
+            file,
+            len,
+            unsynced: false,
+        };
+        inner.state = state;
+        tracing::info!(removed, path = %path.display(), "ledger: records past retention removed");
+        Ok(removed)
     }
 }
 
@@ -682,6 +798,51 @@ mod tests {
                 Some("c")
             )
         });
+    }
+
+    #[test]
+    fn retention_removes_old_records_from_file_and_memory_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network();
+        let l = ledger(dir.path());
+        l.process(&net, fields("old", Status::Approved, "1"), NOW)
+            .unwrap();
+        l.process(&net, fields("new", Status::Approved, "2"), NOW + 60_000)
+            .unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let before = std::fs::read(&path).unwrap();
+        // Nothing older than the cut-off: the file is left as it is.
+        assert_eq!(l.apply_retention(NOW - 1).unwrap(), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(l.apply_retention(NOW + 1).unwrap(), 1);
+        let after = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        assert!(!after.contains("\"old\"") && after.contains("\"new\""));
+        // The kept record is copied byte for byte.
+        assert!(String::from_utf8(before).unwrap().ends_with(&after));
+        l.read(|s| {
+            assert!(!s.conversions.contains_key(&("n".into(), "old".into())));
+            assert!(s.conversions.contains_key(&("n".into(), "new".into())));
+        });
+        // Appends go on in the new file, and it reopens whole.
+        l.process(&net, fields("later", Status::Approved, "3"), NOW + 120_000)
+            .unwrap();
+        drop(l);
+        let l = ledger(dir.path());
+        l.read(|s| assert_eq!(s.conversions.len(), 2));
+        assert!(!dir.path().join("postbacks.ledger.tmp").exists());
+    }
+
+    #[test]
+    fn a_click_older_than_the_retention_window_is_out_of_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network();
+        let l = ledger(dir.path());
+        l.set_retention(std::time::Duration::from_millis(500));
+        let d = l
+            .process(&net, fields("a", Status::Approved, "1"), NOW)
+            .unwrap();
+        assert_eq!(d.outcome, Outcome::OutOfWindow);
+        assert!(d.reason.unwrap().contains("retention"));
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl Postbacks {
             crate::clicks::ClickIds::new(master),
             config.edge.node_id.clone(),
         )?);
+        ledger.set_retention(config.retention.as_duration());
         Ok(Postbacks {
             networks,
             click_index: index,

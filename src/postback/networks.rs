@@ -338,7 +338,7 @@ impl NetworkStore {
     ) -> Result<NetworkRecord, NetworkError> {
         let mut inner = self.lock();
         let io = io_err(&self.path);
-        inner.file.lock().map_err(&io)?;
+        inner.lock_current(&self.path)?;
         let result = (|| {
             inner.catch_up(&self.path, true)?;
             let rec = build(&inner.records)?;
@@ -355,15 +355,83 @@ impl NetworkStore {
         inner.file.unlock().map_err(&io)?;
         result
     }
+
+    /// Removes network `name` and every sealed value it ever had from the
+    /// file at once: the file is rewritten with only the latest record of
+    /// each live network (temp file, fsync, rename, fsync of the
+    /// directory), so no older record of it (or of any network removed
+    /// before, or any rotated-out secret) is left in it. Other processes
+    /// see the new file by its inode on their next poll.
+    pub fn remove(&self, name: &str) -> Result<(), NetworkError> {
+        let mut inner = self.lock();
+        let io = io_err(&self.path);
+        inner.lock_current(&self.path)?;
+        let result = (|| {
+            inner.catch_up(&self.path, true)?;
+            if inner.records.get(name).is_none_or(|r| r.removed) {
+                return Err(NetworkError::NotFound(name.to_owned()));
+            }
+            inner.records.retain(|n, r| n != name && !r.removed);
+            let mut buf = Vec::new();
+            for rec in inner.records.values() {
+                let json = serde_json::to_string(rec).expect("records serialise");
+                record_log::encode(&json, &mut buf);
+            }
+            crate::fsutil::write_atomic(&self.path, &buf).map_err(&io)?;
+            // Our lock is on the old inode: the new file is the one now.
+            inner.file = crate::fsutil::open_private_append(&self.path).map_err(&io)?;
+            inner.offset = buf.len() as u64;
+            inner.lines = inner.records.len();
+            Ok(())
+        })();
+        inner.file.unlock().map_err(&io)?;
+        result
+    }
+}
+
+/// Whether `file` is the file at `path` now (not one renamed over).
+fn is_current(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (open, now) = (file.metadata()?, std::fs::metadata(path)?);
+    Ok(open.ino() == now.ino() && open.dev() == now.dev())
 }
 
 impl StoreInner {
+    /// Takes the file's lock on the file that is at `path` now, reopening
+    /// it (and re-reading it) if it was replaced by a rewrite.
+    fn lock_current(&mut self, path: &Path) -> Result<(), NetworkError> {
+        let io = io_err(path);
+        loop {
+            self.file.lock().map_err(&io)?;
+            if is_current(&self.file, path).map_err(&io)? {
+                return Ok(());
+            }
+            self.file.unlock().map_err(&io)?;
+            self.reopen(path)?;
+        }
+    }
+
+    /// Starts over on the file now at `path`.
+    fn reopen(&mut self, path: &Path) -> Result<(), NetworkError> {
+        self.file = crate::fsutil::open_private_append(path).map_err(io_err(path))?;
+        self.offset = 0;
+        self.lines = 0;
+        self.records.clear();
+        Ok(())
+    }
+
     fn catch_up(&mut self, path: &Path, exclusive: bool) -> Result<bool, NetworkError> {
+        let mut reset = false;
+        if !exclusive && !is_current(&self.file, path).map_err(io_err(path))? {
+            // Rewritten by a removal: read the new file from the start.
+            self.reopen(path)?;
+            reset = true;
+        }
         let len = std::fs::metadata(path).map_err(io_err(path))?.len();
         if len <= self.offset {
-            return Ok(false);
+            return Ok(reset);
         }
-        let mut changed = false;
+        let mut changed = reset;
         let records = &mut self.records;
         let read =
             record_log::read_from(path, self.offset, self.lines + 1, |rec: NetworkRecord| {
