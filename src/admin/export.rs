@@ -442,6 +442,11 @@ const CLICK_COLUMNS: &[&str] = &[
     "bot_reason",
     "edge_node",
     "salt_epoch",
+    "country",
+    "device",
+    "os",
+    "rule",
+    "variant",
 ];
 
 /// A conversion row (CSV): the ledger record's fields, flat.
@@ -556,4 +561,31 @@ enum ExportError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Read(#[from] crate::store::record_log::ReadError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csv_click_columns_are_the_event_fields() {
+        let event = r#"{"v":1,"click_id":"c","ts":"2026-12-04T00:00:00.000Z","tenant":"t","code":"x",
+            "destination":"https://d.example/","ip_hash":"00","user_agent":"","referer":"","sub":"",
+            "bot":false,"bot_reason":null,"edge_node":"n","salt_epoch":1}"#;
+        let wire: crate::clicks::WireClick<'_> = serde_json::from_str(event).unwrap();
+        let value = serde_json::to_value(&wire).unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut columns = CLICK_COLUMNS.to_vec();
+        fields.sort_unstable();
+        columns.sort_unstable();
+        assert_eq!(
+            fields, columns,
+            "a CSV row must have one column per event field"
+        );
+    }
 }
