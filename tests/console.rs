@@ -915,3 +915,57 @@ async fn in_a_real_browser_an_operator_signs_in_mints_a_link_follows_it_and_sees
     c.close().await.unwrap();
     drop(driver);
 }
+
+#[tokio::test]
+async fn a_links_page_shows_its_rules_variants_and_the_devices_its_clicks_came_from() {
+    let server = Server::start();
+    let api = Api::new(&server, server.token("acme"));
+    api.link(json!({
+        "code": "split",
+        "destination": "https://shop.example/",
+        "rules": [{"if": {"device": ["mobile"]}, "destination": "https://m.shop.example/"}],
+        "variants": [
+            {"destination": "https://a.shop.example/", "weight": 1},
+            {"destination": "https://b.shop.example/", "weight": 3}
+        ]
+    }))
+    .await;
+    let iphone =
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148";
+    let desktop =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for ua in [iphone, desktop] {
+        let r = http
+            .get(server.edge_url("/split"))
+            .header("user-agent", ua)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+    }
+    let console = Console::sign_in(&server, &api.token).await;
+    // The clicks are counted once the click-log writer has taken them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let html = loop {
+        let (status, html) = console.get("/console/links/split").await;
+        assert_eq!(status, 200);
+        if html.contains("id=\"devices\"") || Instant::now() > deadline {
+            break html;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for shown in [
+        "https://m.shop.example/",
+        "https://a.shop.example/",
+        "https://b.shop.example/",
+        "(75 %)",
+        "mobile",
+        "desktop",
+    ] {
+        assert!(html.contains(shown), "{shown} in {html}");
+    }
+}

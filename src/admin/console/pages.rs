@@ -309,8 +309,85 @@ pub fn link(
                     }
                 }
             }
+            (routing(l, stats))
         },
     )
+}
+
+/// The link's rules and variants with each variant's clicks, and the
+/// country and device breakdowns; nothing for a plain link never clicked.
+fn routing(l: &LinkView, stats: &LinkStats) -> Markup {
+    let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let variants = stats.routing.get("variants").and_then(|v| v.as_array());
+    let breakdown = |key: &str| -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = stats
+            .routing
+            .get(key)
+            .and_then(|v| v.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows
+    };
+    let (countries, devices) = (breakdown("countries"), breakdown("devices"));
+    let total_weight: u64 = l.variants.iter().map(|v| u64::from(v.weight)).sum();
+    html! {
+        @if !l.rules.is_empty() || !l.variants.is_empty() {
+            div.panel #routing {
+                h2 { "Routing" }
+                @if !l.rules.is_empty() {
+                    h3 { "Rules " span.hint { "(first match wins)" } }
+                    div.table-wrap { table {
+                        thead { tr { th.num { "#" } th { "If" } th { "Destination" } } }
+                        tbody { @for (i, r) in l.rules.iter().enumerate() {
+                            tr {
+                                td.num { (i) }
+                                td.mono { (serde_json::to_string(&r.when).unwrap_or_default()) }
+                                td.dest { (r.destination) }
+                            }
+                        } }
+                    } }
+                }
+                @if !l.variants.is_empty() {
+                    h3 { "Variants " span.hint { "(when no rule matched; sticky per visitor)" } }
+                    div.table-wrap { table {
+                        thead { tr {
+                            th.num { "#" } th { "Destination" } th.num { "Weight" }
+                            th.num { "Clicks" } th.num { "Human clicks" }
+                        } }
+                        tbody { @for (i, v) in l.variants.iter().enumerate() {
+                            @let seen = variants.and_then(|a| a.get(i));
+                            tr {
+                                td.num { (i) }
+                                td.dest { (v.destination) }
+                                td.num { (v.weight) " (" (u64::from(v.weight) * 100 / total_weight.max(1)) " %)" }
+                                td.num { (seen.map_or(0, |s| count(s, "clicks"))) }
+                                td.num { (seen.map_or(0, |s| count(s, "human_clicks"))) }
+                            }
+                        } }
+                    } }
+                }
+            }
+        }
+        @if !countries.is_empty() || !devices.is_empty() {
+            div.grid2 {
+                div.panel #countries {
+                    h2 { "Countries" }
+                    @if countries.is_empty() { p.empty { "No country known for these clicks." } }
+                    @else { table { tbody { @for (c, n) in &countries { tr { td.mono { (c) } td.num { (n) } } } } } }
+                }
+                div.panel #devices {
+                    h2 { "Devices" }
+                    @if devices.is_empty() { p.empty { "No device known for these clicks." } }
+                    @else { table { tbody { @for (d, n) in &devices { tr { td { (d) } td.num { (n) } } } } } }
+                }
+            }
+        }
+    }
 }
 
 /// `GET /v1/reconciliation`'s answer as tables (read as JSON: its row
