@@ -148,6 +148,9 @@ impl StatsIndex {
             if let Some(r) = &b.routes {
                 total.merge(r);
             }
+            for (sum, n) in total.devices.iter_mut().zip(b.devices) {
+                *sum += u64::from(n);
+            }
         }
         total
     }
@@ -309,12 +312,12 @@ fn add(tally: &Tally, ts_ms: i64, bot: bool, visitor: u64, route: &Route, at: (u
     let mut counts = tally.lock();
     let b = counts.hours.entry(ts_ms.div_euclid(HOUR_MS));
     b.clicks += 1;
-    if route.variant().is_some() || route.country != [0, 0] || route.device != 0 {
-        b.routes.get_or_insert_with(Default::default).add(
+    b.devices[usize::from(route.device).min(3)] += 1;
+    if route.variant().is_some() || route.country != [0, 0] {
+        b.routes.get_or_insert_with(Default::default).add_routed(
             route.variant(),
             bot,
             Route::country_code(&route.country),
-            route.device,
         );
     }
     if bot {

@@ -123,7 +123,8 @@ const NEVER: i64 = i64::MAX;
 pub struct Owner {
     tenant: String,
     tags: Vec<String>,
-    routing: Option<Routing>,
+    /// Boxed: 8 bytes in every owner, the rules only in links that have them.
+    routing: Option<Box<Routing>>,
 }
 
 impl Owner {
@@ -143,7 +144,7 @@ impl Owner {
         Arc::new(Owner {
             tenant: self.tenant.clone(),
             tags,
-            routing,
+            routing: routing.map(Box::new),
         })
     }
 }
@@ -189,22 +190,31 @@ impl Link {
     /// back from the click log or the warehouse, where nothing else about it
     /// is needed (it never goes into the table).
     pub fn reference(code: &str, tenant: &str) -> Link {
+        Link::reference_for(code, &Owner::tenant(tenant.to_owned()))
+    }
+
+    /// [`Link::reference`] sharing `owner` (a tenant's, see
+    /// [`Owner::tenant`]) with the tenant's other references.
+    pub fn reference_for(code: &str, owner: &Arc<Owner>) -> Link {
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
-        Link::compile(LinkRecord {
-            code: code.to_owned(),
-            tenant: tenant.to_owned(),
-            destination: String::new(),
-            redirect: 302,
-            created_at: epoch,
-            updated_at: epoch,
-            expires_at: None,
-            disabled: false,
-            deleted: false,
-            tags: vec![],
-            passthrough: false,
-            rules: vec![],
-            variants: vec![],
-        })
+        Link::compile_for(
+            LinkRecord {
+                code: code.to_owned(),
+                tenant: owner.tenant.clone(),
+                destination: String::new(),
+                redirect: 302,
+                created_at: epoch,
+                updated_at: epoch,
+                expires_at: None,
+                disabled: false,
+                deleted: false,
+                tags: vec![],
+                passthrough: false,
+                rules: vec![],
+                variants: vec![],
+            },
+            owner,
+        )
     }
 
     /// The link as stored and as the admin API shows it.
@@ -260,7 +270,7 @@ impl Link {
     /// The link's rules and variants, if it has any.
     #[inline]
     pub fn routing(&self) -> Option<&Routing> {
-        self.owner.routing.as_ref()
+        self.owner.routing.as_deref()
     }
 
     /// Appends the `Location` for a request that took `route`: the rule's

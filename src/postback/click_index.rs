@@ -80,6 +80,8 @@ struct Days {
     /// tenant (read back from the log): one per link, not one per click.
     /// A code never moves to another tenant (codes are not reused).
     references: HashMap<String, Arc<Link>, Fast>,
+    /// The tenants' owners the references share (a handful).
+    owners: HashMap<String, Arc<crate::links::Owner>, Fast>,
 }
 
 /// One hour's clicks.
@@ -160,7 +162,16 @@ impl ClickIndex {
             match inner.references.get(code) {
                 Some(l) if l.tenant() == tenant => l.clone(),
                 _ => {
-                    let l = Arc::new(Link::reference(code, tenant));
+                    // One owner per tenant, shared by its references.
+                    let owner = match inner.owners.get(tenant) {
+                        Some(o) => o.clone(),
+                        None => {
+                            let o = crate::links::Owner::tenant(tenant.to_owned());
+                            inner.owners.insert(tenant.to_owned(), o.clone());
+                            o
+                        }
+                    };
+                    let l = Arc::new(Link::reference_for(code, &owner));
                     inner.references.insert(code.to_owned(), l.clone());
                     l
                 }
