@@ -312,7 +312,10 @@ fn add(tally: &Tally, ts_ms: i64, bot: bool, visitor: u64, route: &Route, at: (u
     let mut counts = tally.lock();
     let b = counts.hours.entry(ts_ms.div_euclid(HOUR_MS));
     b.clicks += 1;
-    b.devices[usize::from(route.device).min(3)] += 1;
+    // Unknown devices (code 0) are listed nowhere, so they are not counted.
+    if route.device != 0 {
+        b.devices[usize::from(route.device).min(3)] += 1;
+    }
     if route.variant().is_some() || route.country != [0, 0] {
         b.routes.get_or_insert_with(Default::default).add_routed(
             route.variant(),
