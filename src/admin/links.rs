@@ -192,10 +192,28 @@ pub struct LinkStats {
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub revenue: crate::postback::reconcile::Money,
     pub series: Vec<SeriesPoint>,
-    /// `variants` (clicks per variant), `countries` and `devices`.
     #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub routing: serde_json::Map<String, serde_json::Value>,
+    pub routing: RoutingStats,
+}
+
+/// A link's clicks by routing fact, in its stats.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoutingStats {
+    /// The link's current variants, in order, with their clicks.
+    pub variants: Vec<VariantStats>,
+    /// Clicks by country (ISO 3166-1 alpha-2), where it is known.
+    pub countries: std::collections::BTreeMap<String, u64>,
+    /// Clicks by device (`desktop`, `mobile`, `tablet`), where it is known.
+    pub devices: std::collections::BTreeMap<String, u64>,
+}
+
+/// One variant of a link and the clicks it got.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VariantStats {
+    pub destination: String,
+    pub weight: u16,
+    pub clicks: u64,
+    pub human_clicks: u64,
 }
 
 impl Admin {
@@ -607,31 +625,28 @@ impl Admin {
 
 /// `variants` (the link's current ones, with their clicks), `countries`
 /// and `devices` of a link's stats.
-fn routing_stats(
-    link: &LinkRecord,
-    b: &crate::links::tally::Breakdown,
-) -> serde_json::Map<String, serde_json::Value> {
+fn routing_stats(link: &LinkRecord, b: &crate::links::tally::Breakdown) -> RoutingStats {
     use crate::links::agent::Device;
-    let variants: Vec<serde_json::Value> = link
+    let variants = link
         .variants
         .iter()
         .enumerate()
         .map(|(i, v)| {
             let [clicks, bots] = b.variants.get(i).copied().unwrap_or_default();
-            serde_json::json!({
-                "destination": v.destination,
-                "weight": v.weight,
-                "clicks": clicks,
-                "human_clicks": clicks - bots,
-            })
+            VariantStats {
+                destination: v.destination.clone(),
+                weight: v.weight,
+                clicks,
+                human_clicks: clicks - bots,
+            }
         })
         .collect();
-    let countries: serde_json::Map<String, serde_json::Value> = b
+    let countries = b
         .countries
         .iter()
-        .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), (*n).into()))
+        .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), *n))
         .collect();
-    let devices: serde_json::Map<String, serde_json::Value> = b
+    let devices = b
         .devices
         .iter()
         .enumerate()
@@ -639,14 +654,14 @@ fn routing_stats(
         // Clicks without a user agent have no device and are not listed.
         .filter_map(|(code, n)| {
             let device = Device::from_code(code as u8)?;
-            Some((device.as_str().to_owned(), (*n).into()))
+            Some((device.as_str().to_owned(), *n))
         })
         .collect();
-    let mut out = serde_json::Map::new();
-    out.insert("variants".into(), variants.into());
-    out.insert("countries".into(), countries.into());
-    out.insert("devices".into(), devices.into());
-    out
+    RoutingStats {
+        variants,
+        countries,
+        devices,
+    }
 }
 
 fn bound(v: &str, end: RangeEnd, name: &str) -> Result<i64, ApiError> {

@@ -314,26 +314,20 @@ pub fn link(
     )
 }
 
+/// A breakdown's entries, most clicks first (then by name).
+fn by_clicks(m: &std::collections::BTreeMap<String, u64>) -> Vec<(&str, u64)> {
+    let mut rows: Vec<(&str, u64)> = m.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    rows
+}
+
 /// The link's rules and variants with each variant's clicks, and the
 /// country and device breakdowns; nothing for a plain link never clicked.
 fn routing(l: &LinkView, stats: &LinkStats) -> Markup {
-    let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
-    let variants = stats.routing.get("variants").and_then(|v| v.as_array());
-    let breakdown = |key: &str| -> Vec<(String, u64)> {
-        let mut rows: Vec<(String, u64)> = stats
-            .routing
-            .get(key)
-            .and_then(|v| v.as_object())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        rows
-    };
-    let (countries, devices) = (breakdown("countries"), breakdown("devices"));
+    let (countries, devices) = (
+        by_clicks(&stats.routing.countries),
+        by_clicks(&stats.routing.devices),
+    );
     let total_weight: u64 = l.variants.iter().map(|v| u64::from(v.weight)).sum();
     html! {
         @if !l.rules.is_empty() || !l.variants.is_empty() {
@@ -360,13 +354,13 @@ fn routing(l: &LinkView, stats: &LinkStats) -> Markup {
                             th.num { "Clicks" } th.num { "Human clicks" }
                         } }
                         tbody { @for (i, v) in l.variants.iter().enumerate() {
-                            @let seen = variants.and_then(|a| a.get(i));
+                            @let seen = stats.routing.variants.get(i);
                             tr {
                                 td.num { (i) }
                                 td.dest { (v.destination) }
                                 td.num { (v.weight) " (" (u64::from(v.weight) * 100 / total_weight.max(1)) " %)" }
-                                td.num { (seen.map_or(0, |s| count(s, "clicks"))) }
-                                td.num { (seen.map_or(0, |s| count(s, "human_clicks"))) }
+                                td.num { (seen.map_or(0, |s| s.clicks)) }
+                                td.num { (seen.map_or(0, |s| s.human_clicks)) }
                             }
                         } }
                     } }
